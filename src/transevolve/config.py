@@ -1,0 +1,216 @@
+"""One frozen, validated configuration object for every model of the library.
+
+Variants are values of this object, never subclasses:
+
+- ``attention="evolved"`` is TransEvolve (Dutta et al., NeurIPS 2021, arXiv 2109.15142): the query-key
+  interaction is computed once per block of ``layers_per_block`` layers and evolved over depth;
+  ``attention="softmax"`` is the standard pre-LayerNorm Transformer built from the same embeddings,
+  feed-forward, norms and heads.
+- ``ff_type="full"`` is a learned feed-forward; ``"random"`` the TransEvolve-randomFF projection built from
+  fixed depth-dependent random matrices with trainable singular values and biases.
+- ``fidelity="official"`` reproduces the official TensorFlow code parameter for parameter, inert terms and
+  dead parameters included; ``"lean"`` drops what provably cannot change the output (same function,
+  fewer parameters).
+
+Dimension legend used across the package: ``b`` batch, ``n`` sequence (``q`` queries, ``k`` keys), ``d`` width,
+``h`` heads, ``t`` time width (tau), ``D = d + h * t`` the TransEvolve score width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+ModelKind = Literal["encoder_decoder", "encoder", "classifier", "decoder"]
+AttentionKind = Literal["evolved", "softmax"]
+FeedForwardKind = Literal["full", "random"]
+Fidelity = Literal["official", "lean"]
+Pooling = Literal["mean", "masked_mean"]
+
+
+def _choices(literal: Any) -> tuple[str, ...]:
+    return get_args(literal)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a model's architecture. Validated at construction.
+
+    Attributes:
+        kind: ``encoder_decoder`` (translation), ``encoder`` (hidden states), ``classifier`` (encoder + pooled
+            head) or ``decoder`` (causal language model without cross-attention).
+        vocab_size: shared vocabulary size V (source, target and output projection are tied); id 0 is padding.
+        width: model width d.
+        num_heads: attention heads h.
+        layers_per_block: L, the layers that share one block-level interaction (TransEvolve). For the
+            softmax Transformer a block is simply L layers followed by a LayerNorm.
+        num_blocks: N blocks per stack; total depth is N * L.
+        attention: ``evolved`` (TransEvolve) or ``softmax`` (standard Transformer).
+        ff_type: ``full`` (learned) or ``random`` (TransEvolve-randomFF).
+        ff_multiplier: inner feed-forward width is ``ff_multiplier * width`` (official: 4).
+        dropout: dropout rate at the official sites (projected Q/K, sub-layer outputs).
+        max_length: longest sequence accepted (the size of the sinusoidal position table).
+        layer_norm_eps: LayerNorm epsilon (official Keras default 1e-3; PyTorch's default would be 1e-5).
+        time_dim: tau, the per-head width of the time signal; the official code hard-codes 64 and needs
+            ``width / num_heads == time_dim``.
+        time_period: the constant P in the time signal ``T_l[k] = theta_k * sin(pi * l * k / P)``
+            (official: 64).
+        fidelity: ``official`` or ``lean`` (see module docstring).
+        num_classes: classes of a ``classifier`` (2 means one sigmoid unit, as in the official code).
+        pooling: classifier pooling: ``mean`` over all positions, pads included (official), or
+            ``masked_mean`` over non-pad positions.
+        random_ff_seed: seed of the fixed random tensors of the random feed-forward (they are saved with the
+            model as buffers, so a checkpoint reproduces them).
+    """
+
+    kind: ModelKind = "encoder_decoder"
+    vocab_size: int = 32000
+    width: int = 512
+    num_heads: int = 8
+    layers_per_block: int = 6
+    num_blocks: int = 1
+    attention: AttentionKind = "evolved"
+    ff_type: FeedForwardKind = "full"
+    ff_multiplier: int = 4
+    dropout: float = 0.1
+    max_length: int = 10000
+    layer_norm_eps: float = 1e-3
+    time_dim: int = 64
+    time_period: float = 64.0
+    fidelity: Fidelity = "official"
+    num_classes: int | None = None
+    pooling: Pooling = "mean"
+    random_ff_seed: int = 1
+    # Not part of the architecture; kept so that a saved config says where it came from.
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        errors = self._errors()
+        if errors:
+            raise ValueError("invalid ModelConfig:\n  - " + "\n  - ".join(errors))
+
+    def _errors(self) -> list[str]:
+        errors: list[str] = []
+        for name, literal in (
+            ("kind", ModelKind),
+            ("attention", AttentionKind),
+            ("ff_type", FeedForwardKind),
+            ("fidelity", Fidelity),
+            ("pooling", Pooling),
+        ):
+            value = getattr(self, name)
+            if value not in _choices(literal):
+                errors.append(f"{name}={value!r} is not one of {list(_choices(literal))}")
+        for name in ("vocab_size", "width", "num_heads", "layers_per_block", "num_blocks", "ff_multiplier",
+                     "max_length", "time_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                errors.append(f"{name}={value!r} must be a positive integer")
+        if errors:
+            return errors
+        if self.vocab_size < 2:
+            errors.append(f"vocab_size={self.vocab_size} must be at least 2 (id 0 is padding)")
+        if not 0.0 <= self.dropout < 1.0:
+            errors.append(f"dropout={self.dropout} must be in [0, 1)")
+        if not self.layer_norm_eps > 0:
+            errors.append(f"layer_norm_eps={self.layer_norm_eps} must be positive")
+        if not self.time_period > 0:
+            errors.append(f"time_period={self.time_period} must be positive")
+        if self.width % 2:
+            errors.append(f"width={self.width} must be even (sinusoidal positions use sin/cos halves)")
+        if self.width % self.num_heads:
+            errors.append(
+                f"width={self.width} is not divisible by num_heads={self.num_heads}; "
+                f"choose num_heads among {[h for h in range(1, 17) if self.width % h == 0]}"
+            )
+        elif self.attention == "evolved" and self.width // self.num_heads != self.time_dim:
+            errors.append(
+                f"evolved attention needs width/num_heads == time_dim, got {self.width}/{self.num_heads} = "
+                f"{self.width // self.num_heads} but time_dim={self.time_dim}: the time signal T_l of width "
+                f"{self.width} is split into {self.num_heads} heads and paired with the tau={self.time_dim} time "
+                f"columns (issue D4 of the official code). Use num_heads={max(1, self.width // self.time_dim)} "
+                f"or time_dim={self.width // self.num_heads} (the official code only supports time_dim=64)"
+            )
+        if self.ff_type == "random" and (self.width % 2 or (self.ff_multiplier * self.width) % 2):
+            errors.append("ff_type='random' needs even input and output widths")
+        if self.kind == "classifier":
+            if self.num_classes is None or self.num_classes < 2:
+                errors.append(
+                    f"kind='classifier' needs num_classes >= 2 (got {self.num_classes}); "
+                    "2 classes use one sigmoid unit as in the official code"
+                )
+        elif self.num_classes is not None:
+            errors.append(f"num_classes={self.num_classes} is only meaningful for kind='classifier' "
+                          f"(kind={self.kind!r}); leave it None")
+        if self.kind != "classifier" and self.pooling != "mean":
+            errors.append(f"pooling={self.pooling!r} is only meaningful for kind='classifier'")
+        return errors
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Total number of layers per stack (N * L)."""
+        return self.num_blocks * self.layers_per_block
+
+    @property
+    def head_width(self) -> int:
+        """Per-head width of values (and of softmax-attention queries/keys): d / h."""
+        return self.width // self.num_heads
+
+    @property
+    def score_width(self) -> int:
+        """TransEvolve's block-level projection width D = d + h * tau."""
+        return self.width + self.num_heads * self.time_dim
+
+    @property
+    def ff_width(self) -> int:
+        return self.ff_multiplier * self.width
+
+    @property
+    def has_decoder(self) -> bool:
+        return self.kind in ("encoder_decoder", "decoder")
+
+    @property
+    def has_encoder(self) -> bool:
+        return self.kind in ("encoder_decoder", "encoder", "classifier")
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build from a mapping; unknown keys fail with the list of valid ones."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a model config must be a mapping, got {type(data).__name__}")
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys {unknown}; valid keys are {sorted(valid)}")
+        return cls(**data)
+
+
+def _preset(**kw: Any) -> ModelConfig:
+    return ModelConfig(**kw)
+
+
+#: Named presets: the official grid (d=512, 8 heads) and small CPU-sized models.
+PRESETS: dict[str, ModelConfig] = {
+    "transevolve-full-1x6": _preset(name="transevolve-full-1x6", ff_type="full"),
+    "transevolve-full-2x3": _preset(name="transevolve-full-2x3", ff_type="full", layers_per_block=3,
+                                    num_blocks=2),
+    "transevolve-random-1x6": _preset(name="transevolve-random-1x6", ff_type="random"),
+    "transevolve-random-2x3": _preset(name="transevolve-random-2x3", ff_type="random", layers_per_block=3,
+                                      num_blocks=2),
+    "transformer-base": _preset(name="transformer-base", attention="softmax"),
+    "debug": _preset(name="debug", vocab_size=64, width=64, num_heads=2, layers_per_block=2, num_blocks=1,
+                     time_dim=32, max_length=256),
+}

@@ -1,0 +1,307 @@
+"""The shared trunk: layers, blocks, stacks and the four model kinds.
+
+Every model is built from the same pieces; ``config.attention`` picks TransEvolve's evolved attention or the
+standard softmax attention, and nothing else changes, so comparisons differ only in the attention.
+
+- Layer at depth ``l`` (pre-LN, residual): ``x += SelfAttn_l(x)``; ``x += CrossAttn_l(x, memory)`` (decoders with
+  a memory); ``x += FF_l(x)``.
+- Block: for evolved attention, the block-level interactions (self, and cross from the block input to the memory)
+  are computed once from the block input; then ``L`` layers; then a LayerNorm. Depth ``l`` restarts at 0 in every
+  block, as in the official code.
+- Stack: ``N`` blocks.
+
+Legend: ``b`` batch, ``s`` source length, ``n`` target / sequence length, ``d`` width, ``V`` vocabulary,
+``C`` classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from transevolve.config import ModelConfig
+from transevolve.modules.embedding import TiedEmbedding
+from transevolve.modules.evolved_attention import BlockInteraction, BlockScores, EvolvedAttention
+from transevolve.modules.feedforward import build_feed_forward, dense
+from transevolve.modules.masks import AttentionMasks, padding, validate_ids
+from transevolve.modules.softmax_attention import SoftmaxAttention
+
+
+@dataclass
+class StackTrace:
+    """What happened inside one stack, recorded on request (``return_intermediates=True``).
+
+    Attributes:
+        layer_outputs: state after every layer, ``(b, n, d)`` each, in depth order over all blocks.
+        block_outputs: state after every block's final LayerNorm.
+        self_attention: per layer, the self-attention weights ``(b, h, n, n)``.
+        cross_attention: per layer, the cross-attention weights ``(b, h, n, s)`` (decoders with a memory).
+        block_scores: per block, the evolved attention's :class:`BlockScores` (self-attention; empty for softmax).
+    """
+
+    layer_outputs: list[torch.Tensor] = field(default_factory=list)
+    block_outputs: list[torch.Tensor] = field(default_factory=list)
+    self_attention: list[torch.Tensor] = field(default_factory=list)
+    cross_attention: list[torch.Tensor] = field(default_factory=list)
+    block_scores: list[BlockScores] = field(default_factory=list)
+
+
+@dataclass
+class Intermediates:
+    """Embedded inputs and per-stack traces of one forward pass."""
+
+    encoder_input: torch.Tensor | None = None
+    decoder_input: torch.Tensor | None = None
+    encoder: StackTrace | None = None
+    decoder: StackTrace | None = None
+    pooled: torch.Tensor | None = None
+
+
+def _attention(config: ModelConfig, depth: int, cross: bool) -> nn.Module:
+    if config.attention == "evolved":
+        return EvolvedAttention(config, depth)
+    return SoftmaxAttention(config, cross=cross)
+
+
+class Layer(nn.Module):
+    """One layer at depth ``l`` of its block: self-attention, optional cross-attention, feed-forward."""
+
+    def __init__(self, config: ModelConfig, depth: int, cross: bool, generator: torch.Generator) -> None:
+        super().__init__()
+        self.self_attention = _attention(config, depth, cross=False)
+        self.cross_attention = _attention(config, depth, cross=True) if cross else None
+        self.feed_forward = build_feed_forward(config, depth, generator)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None, self_masks: AttentionMasks,
+                cross_masks: AttentionMasks | None, self_scores: BlockScores | None,
+                cross_scores: BlockScores | None, trace: StackTrace | None) -> torch.Tensor:
+        """``x (b, n, d)``, ``memory (b, s, d)`` or None -> ``(b, n, d)``."""
+        record = trace is not None
+        update, weights = self.self_attention(x, x, self_masks, self_scores, return_weights=record)
+        x = x + update
+        if trace is not None:
+            trace.self_attention.append(weights)
+        if self.cross_attention is not None:
+            assert memory is not None and cross_masks is not None
+            update, weights = self.cross_attention(x, memory, cross_masks, cross_scores, return_weights=record)
+            x = x + update
+            if trace is not None:
+                trace.cross_attention.append(weights)
+        x = x + self.feed_forward(x)
+        if trace is not None:
+            trace.layer_outputs.append(x)
+        return x
+
+
+class Block(nn.Module):
+    """``L`` layers sharing one block-level interaction (evolved attention), then a LayerNorm."""
+
+    def __init__(self, config: ModelConfig, cross: bool, generator: torch.Generator) -> None:
+        super().__init__()
+        evolved = config.attention == "evolved"
+        self.self_interaction = BlockInteraction(config) if evolved else None
+        self.cross_interaction = BlockInteraction(config) if evolved and cross else None
+        self.layers = nn.ModuleList(Layer(config, depth, cross, generator)
+                                    for depth in range(config.layers_per_block))
+        self.final_norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None, self_masks: AttentionMasks,
+                cross_masks: AttentionMasks | None, trace: StackTrace | None = None) -> torch.Tensor:
+        self_scores = self.self_interaction(x, x) if self.self_interaction is not None else None
+        cross_scores = None
+        if self.cross_interaction is not None:
+            assert memory is not None
+            cross_scores = self.cross_interaction(x, memory)
+        if trace is not None and self_scores is not None:
+            trace.block_scores.append(self_scores)
+        for layer in self.layers:
+            x = layer(x, memory, self_masks, cross_masks, self_scores, cross_scores, trace)
+        x = self.final_norm(x)
+        if trace is not None:
+            trace.block_outputs.append(x)
+        return x
+
+
+class Stack(nn.Module):
+    """``N`` blocks. ``cross=True`` adds cross-attention to a memory (the decoder of an encoder-decoder)."""
+
+    def __init__(self, config: ModelConfig, cross: bool, generator: torch.Generator) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(config, cross, generator) for _ in range(config.num_blocks))
+
+    def forward(self, x: torch.Tensor, self_masks: AttentionMasks, memory: torch.Tensor | None = None,
+                cross_masks: AttentionMasks | None = None, trace: StackTrace | None = None) -> torch.Tensor:
+        """``x (b, n, d)`` -> ``(b, n, d)``."""
+        for block in self.blocks:
+            x = block(x, memory, self_masks, cross_masks, trace)
+        return x
+
+
+def _generator(config: ModelConfig) -> torch.Generator:
+    """The source of the random feed-forward's fixed tensors: seeded by the config, not the global RNG."""
+    return torch.Generator().manual_seed(config.random_ff_seed)
+
+
+class _Model(nn.Module):
+    """Common helpers; every concrete model has ``config`` and ``embedding``."""
+
+    config: ModelConfig
+    embedding: TiedEmbedding
+
+    def _check(self, ids: object, name: str) -> torch.Tensor:
+        ids = validate_ids(ids, self.config, name)
+        return ids.to(self.embedding.weight.device)
+
+
+class EncoderModel(_Model):
+    """Embedding + encoder stack: ``ids (b, n) -> hidden states (b, n, d)``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = TiedEmbedding(config.vocab_size, config.width, config.max_length)
+        self.encoder = Stack(config, cross=False, generator=_generator(config))
+
+    def encode(self, ids: torch.Tensor, intermediates: Intermediates | None = None) -> torch.Tensor:
+        ids = self._check(ids, "ids")
+        pad = padding(ids)
+        x = self.embedding(ids)
+        trace = None
+        if intermediates is not None:
+            intermediates.encoder_input = x
+            trace = intermediates.encoder = StackTrace()
+        return self.encoder(x, AttentionMasks(pad, pad, causal=False), trace=trace)
+
+    def forward(self, ids: torch.Tensor, return_intermediates: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, Intermediates]:
+        intermediates = Intermediates() if return_intermediates else None
+        hidden = self.encode(ids, intermediates)
+        return (hidden, intermediates) if intermediates is not None else hidden
+
+
+class ClassifierModel(EncoderModel):
+    """Encoder + pooled head: ``ids (b, n) -> logits (b, C)``, or ``(b, 1)`` (one sigmoid unit) when C = 2.
+
+    Pooling: ``mean`` over all positions, pads included (official), or ``masked_mean`` over real tokens; then
+    LayerNorm and a dense layer.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        assert config.num_classes is not None
+        self.pool_norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
+        self.head = dense(config.width, 1 if config.num_classes == 2 else config.num_classes)
+
+    def pool(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``(b, n, d)`` -> ``(b, d)``."""
+        if self.config.pooling == "mean":
+            return hidden.mean(dim=1)
+        keep = (ids != 0).unsqueeze(-1).to(hidden.dtype)
+        return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+
+    def forward(self, ids: torch.Tensor, return_intermediates: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, Intermediates]:
+        intermediates = Intermediates() if return_intermediates else None
+        hidden = self.encode(ids, intermediates)
+        pooled = self.pool(hidden, ids.to(hidden.device))
+        logits = self.head(self.pool_norm(pooled))
+        if intermediates is not None:
+            intermediates.pooled = pooled
+            return logits, intermediates
+        return logits
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> class probabilities ``(b, C)`` (sigmoid for the binary head, softmax otherwise)."""
+        if logits.shape[-1] == 1:
+            positive = torch.sigmoid(logits)
+            return torch.cat([1 - positive, positive], dim=-1)
+        return torch.softmax(logits, dim=-1)
+
+
+class EncoderDecoderModel(_Model):
+    """Translation model: ``src (b, s)``, ``tgt (b, n)`` (decoder input, starting with the start id) ->
+    logits ``(b, n, V)``. One embedding serves source, target and output projection."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        generator = _generator(config)
+        self.embedding = TiedEmbedding(config.vocab_size, config.width, config.max_length)
+        self.encoder = Stack(config, cross=False, generator=generator)
+        self.decoder = Stack(config, cross=True, generator=generator)
+
+    def encode(self, src: torch.Tensor, intermediates: Intermediates | None = None) -> torch.Tensor:
+        """``src (b, s)`` -> memory ``(b, s, d)``."""
+        src = self._check(src, "src")
+        pad = padding(src)
+        x = self.embedding(src)
+        trace = None
+        if intermediates is not None:
+            intermediates.encoder_input = x
+            trace = intermediates.encoder = StackTrace()
+        return self.encoder(x, AttentionMasks(pad, pad, causal=False), trace=trace)
+
+    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src: torch.Tensor,
+               intermediates: Intermediates | None = None) -> torch.Tensor:
+        """``tgt (b, n)``, ``memory (b, s, d)``, ``src (b, s)`` (for its padding) -> logits ``(b, n, V)``."""
+        tgt = self._check(tgt, "tgt")
+        if tgt.shape[0] != memory.shape[0]:
+            raise ValueError(f"tgt has batch {tgt.shape[0]} but the memory has batch {memory.shape[0]}")
+        tgt_pad, src_pad = padding(tgt), padding(src.to(tgt.device))
+        x = self.embedding(tgt)
+        trace = None
+        if intermediates is not None:
+            intermediates.decoder_input = x
+            trace = intermediates.decoder = StackTrace()
+        hidden = self.decoder(x, AttentionMasks(tgt_pad, tgt_pad, causal=True), memory=memory,
+                              cross_masks=AttentionMasks(tgt_pad, src_pad, causal=False), trace=trace)
+        return self.embedding.logits(hidden)
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, return_intermediates: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, Intermediates]:
+        intermediates = Intermediates() if return_intermediates else None
+        memory = self.encode(src, intermediates)
+        logits = self.decode(tgt, memory, src, intermediates)
+        return (logits, intermediates) if intermediates is not None else logits
+
+
+class DecoderModel(_Model):
+    """Causal language model (no cross-attention): ``ids (b, n) -> next-token logits (b, n, V)``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = TiedEmbedding(config.vocab_size, config.width, config.max_length)
+        self.decoder = Stack(config, cross=False, generator=_generator(config))
+
+    def forward(self, ids: torch.Tensor, return_intermediates: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, Intermediates]:
+        ids = self._check(ids, "ids")
+        pad = padding(ids)
+        intermediates = Intermediates() if return_intermediates else None
+        x = self.embedding(ids)
+        trace = None
+        if intermediates is not None:
+            intermediates.decoder_input = x
+            trace = intermediates.decoder = StackTrace()
+        logits = self.embedding.logits(self.decoder(x, AttentionMasks(pad, pad, causal=True), trace=trace))
+        return (logits, intermediates) if intermediates is not None else logits
+
+
+MODEL_CLASSES: dict[str, type[_Model]] = {
+    "encoder_decoder": EncoderDecoderModel,
+    "encoder": EncoderModel,
+    "classifier": ClassifierModel,
+    "decoder": DecoderModel,
+}
+
+Model = EncoderDecoderModel | EncoderModel | ClassifierModel | DecoderModel
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The model of ``config.kind``, freshly initialised (parameters from the global torch RNG)."""
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"build_model expects a ModelConfig, got {type(config).__name__}")
+    return MODEL_CLASSES[config.kind](config)

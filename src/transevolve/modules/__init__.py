@@ -1,0 +1,1 @@
+"""Building blocks shared by every model: embeddings, masks, attention and feed-forward sub-layers."""

@@ -1,0 +1,124 @@
+"""Position-wise feed-forward sub-layers: ``FF(x) = Dropout(lin2(relu(lin1(LN(x)))))``, d -> m*d -> d.
+
+- :class:`FullFeedForward`: two learned dense layers (TransEvolve-fullFF, and the Transformer's FF).
+- :class:`RandomFeedForward`: TransEvolve-randomFF. Each dense layer is a :class:`TemporalProjection` whose
+  weight ``W_l = U_l diag(s) V_l`` is built from fixed random tensors and the layer's depth ``l``; only the
+  "singular values" ``s`` and the bias are trained.
+
+Official quirks kept on purpose (see ``docs`` and ``dead_parameter_masks``): ``U_l`` and ``V_l`` are not
+orthogonal; at depth 0 ``U_0``/``V_0`` are rank 1, so the d->m*d weight is rank 1 and the m*d->d weight is exactly
+zero; the entries of ``s`` beyond ``min(in, out)`` and ``s[0]`` are never read.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from transevolve.config import ModelConfig
+
+
+def glorot_uniform_(weight: torch.Tensor, fan_in: int, fan_out: int) -> torch.Tensor:
+    """Keras' default initializer: U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        return weight.uniform_(-limit, limit)
+
+
+def dense(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    """A Linear layer with Keras initialisation (Glorot-uniform weight, zero bias)."""
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    glorot_uniform_(layer.weight, in_features, out_features)
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class TemporalProjection(nn.Module):
+    """Depth-dependent random projection ``y = x @ W_l + bias``, ``W_l = U_l diag(s) V_l`` (in, out).
+
+    With ``x1 = l * pi / in``, ``x2 = l * pi / out``, ``p = 0..in/2-1`` and ``q = 0..out/2-1`` (float32, in this
+    order, as the official code computes them; the angles reach thousands of radians):
+
+    - ``U_l = [sin((x1 p) C), cos((x1 p) C)] / sqrt(out)``, shape (in, in), ``C`` fixed ~ N(0, in^2);
+    - ``V_l = [sin((x2 q) P), cos((x2 q) P)] / sqrt(out)``, shape (out, out), ``P`` fixed ~ N(0, out^2);
+    - ``diag(s)`` is the rectangular (in, out) diagonal; only ``s[:min(in, out)]`` is read.
+
+    The fixed tensors are persistent buffers, so a checkpoint reproduces them exactly.
+
+    Args:
+        in_features, out_features: widths.
+        depth: layer position l inside its block (0-based).
+        generator: source of the fixed random tensors.
+        lean: keep only the read entries of ``s`` (``min(in, out)``) instead of the official ``in``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, depth: int, generator: torch.Generator,
+                 lean: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.depth = in_features, out_features, depth
+        rank = min(in_features, out_features)
+        self.register_buffer("coeffs", torch.randn(in_features, in_features // 2, generator=generator)
+                             * in_features)
+        self.register_buffer("phases", torch.randn(out_features, out_features // 2, generator=generator)
+                             * out_features)
+        limit = math.sqrt(6.0 / rank)
+        self.singular_values = nn.Parameter(torch.empty(rank if lean else in_features).uniform_(-limit, limit))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def _sinusoid_matrix(self, table: torch.Tensor, size: int) -> torch.Tensor:
+        step = torch.tensor(float(self.depth), dtype=torch.float32) * torch.tensor(math.pi / size,
+                                                                                 dtype=torch.float32)
+        frequencies = step * torch.arange(table.shape[1], dtype=torch.float32, device=table.device)
+        angles = frequencies * table
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1) / math.sqrt(self.out_features)
+
+    def weight(self) -> torch.Tensor:
+        """The depth-dependent weight ``W_l`` of shape (in, out)."""
+        rank = min(self.in_features, self.out_features)
+        left = self._sinusoid_matrix(self.coeffs, self.in_features)[:, :rank]      # (in, rank)
+        right = self._sinusoid_matrix(self.phases, self.out_features)[:rank]       # (rank, out)
+        scaled = left * self.singular_values[:rank].to(left.dtype)
+        return scaled @ right
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in)`` -> ``(..., out)``."""
+        return x @ self.weight().to(x.dtype) + self.bias
+
+
+class FullFeedForward(nn.Module):
+    """Learned pre-LN feed-forward: ``Dropout(W2 relu(W1 LN(x) + b1) + b2)``; ``(b, n, d) -> (b, n, d)``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
+        self.expand = dense(config.width, config.ff_width)
+        self.contract = dense(config.ff_width, config.width)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.contract(torch.relu(self.expand(self.norm(x)))))
+
+
+class RandomFeedForward(nn.Module):
+    """TransEvolve-randomFF: as :class:`FullFeedForward` with both dense layers replaced by
+    :class:`TemporalProjection` at this layer's depth."""
+
+    def __init__(self, config: ModelConfig, depth: int, generator: torch.Generator) -> None:
+        super().__init__()
+        lean = config.fidelity == "lean"
+        self.norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
+        self.expand = TemporalProjection(config.width, config.ff_width, depth, generator, lean)
+        self.contract = TemporalProjection(config.ff_width, config.width, depth, generator, lean)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.contract(torch.relu(self.expand(self.norm(x)))))
+
+
+def build_feed_forward(config: ModelConfig, depth: int, generator: torch.Generator) -> nn.Module:
+    if config.ff_type == "full":
+        return FullFeedForward(config)
+    return RandomFeedForward(config, depth, generator)

@@ -1,0 +1,66 @@
+"""Standard pre-LayerNorm multi-head softmax attention (Vaswani et al. 2017, arXiv 1706.03762).
+
+``out = W_O concat_h(softmax(Q_h K_h^T / sqrt(d/h)) V_h)`` with ``Q = LN(x) W_Q + b`` and keys/values from
+``LN(x)`` (self-attention) or from the memory (cross-attention; the memory is already normalised by the
+encoder's final LayerNorm). The fast path is ``torch.nn.functional.scaled_dot_product_attention``; the explicit
+path (used when attention weights are requested) is the reference, and tests prove they agree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transevolve.config import ModelConfig
+from transevolve.modules.feedforward import dense
+from transevolve.modules.masks import AttentionMasks
+
+
+class SoftmaxAttention(nn.Module):
+    """Multi-head attention sub-layer with its own pre-LayerNorm.
+
+    Args:
+        config: model config (width, heads, dropout, epsilon).
+        cross: keys and values come from the memory instead of the normalised state.
+    """
+
+    def __init__(self, config: ModelConfig, cross: bool = False) -> None:
+        super().__init__()
+        d = config.width
+        self.num_heads = config.num_heads
+        self.cross = cross
+        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.query_proj = dense(d, d)
+        self.key_proj = dense(d, d)
+        self.value_proj = dense(d, d)
+        self.output_proj = dense(d, d)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)     # (b, h, n, d/h)
+
+    def forward(self, state: torch.Tensor, source: torch.Tensor, masks: AttentionMasks,
+                block: None = None, return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``state (b, q, d)`` and ``source (b, k, d)`` -> update ``(b, q, d)`` (and weights ``(b, h, q, k)``).
+
+        ``source`` is the state itself for self-attention (its normalised copy is used) and the memory for
+        cross-attention. ``block`` exists for interface parity with the evolved attention and is unused.
+        """
+        normed = self.norm(state)
+        source = source if self.cross else normed
+        q, k, v = self._heads(self.query_proj(normed)), self._heads(self.key_proj(source)), \
+            self._heads(self.value_proj(source))
+        if return_weights:
+            logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            weights = torch.softmax(logits.masked_fill(~masks.allowed_keys, float("-inf")), dim=-1)
+            mixed = weights @ v
+        else:
+            weights = None
+            mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=masks.allowed_keys)
+        b, _, n_q, _ = mixed.shape
+        mixed = mixed.transpose(1, 2).reshape(b, n_q, -1)
+        return self.dropout(self.output_proj(mixed)), weights
