@@ -1,0 +1,142 @@
+"""Parameter counts from a config alone, and the parameters that provably never receive a gradient.
+
+:func:`count_parameters` needs no model: it adds up the sub-layers of ``models.py`` (tests prove it equals
+``sum(p.numel())`` of the built model for every variant). With width 512, 8 heads and FF multiplier 4, official
+fidelity, the non-embedding encoder-decoder totals are 36,248,576 (fullFF 1x6), 42,542,080 (fullFF 2x3),
+11,113,472 (randomFF 1x6), 17,406,976 (randomFF 2x3) and 44,140,544 (the same-convention Transformer-base).
+
+:func:`dead_parameter_masks` lists the entries whose gradient is zero whatever the data (up to float rounding),
+the official code's inert terms:
+
+- ``*_interaction.key_time`` (the time columns of ``W_K``, official fidelity): they only feed terms that are
+  constant along the softmax axis;
+- ``time_amplitudes[0]`` everywhere (``sin(0) = 0``) and ``time_amplitudes[:d/2]`` at depth 0 (the sin half);
+- random feed-forward: ``singular_values[0]`` (column 0 of ``U`` is ``sin(0) = 0``) and the entries beyond
+  ``min(in, out)`` (never read); at depth 0 the ``m*d -> d`` weight is exactly zero, so that projection's singular
+  values and everything before it in the sub-layer (its LayerNorm, the ``d -> m*d`` projection) are dead, and the
+  sub-layer outputs only its last bias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from transevolve.config import ModelConfig
+from transevolve.modules.evolved_attention import BlockInteraction, EvolvedAttention
+from transevolve.modules.feedforward import RandomFeedForward, TemporalProjection
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """Trainable parameters by part. ``non_embedding`` excludes the shared embedding only."""
+
+    embedding: int
+    encoder: int
+    decoder: int
+    head: int
+
+    @property
+    def total(self) -> int:
+        return self.embedding + self.encoder + self.decoder + self.head
+
+    @property
+    def non_embedding(self) -> int:
+        return self.total - self.embedding
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total": self.total, "non_embedding": self.non_embedding}
+
+
+def _norm(c: ModelConfig) -> int:
+    return 2 * c.width
+
+
+def _interaction(c: ModelConfig) -> int:
+    big = c.score_width
+    query = big * big                                          # token part (D, d) + time part (D, h t)
+    key = big * big if c.fidelity == "official" else big * c.width
+    return query + key
+
+
+def _attention(c: ModelConfig) -> int:
+    d = c.width
+    if c.attention == "evolved":
+        return d * d + d + _norm(c)                            # W_O, theta, value LayerNorm
+    return 4 * (d * d + d) + _norm(c)                          # Q, K, V, O with biases, pre-LayerNorm
+
+
+def _feed_forward(c: ModelConfig) -> int:
+    d, m = c.width, c.ff_width
+    if c.ff_type == "full":
+        return d * m + m + m * d + d + _norm(c)
+
+    def projection(n_in: int, n_out: int) -> int:
+        singular_values = n_in if c.fidelity == "official" else min(n_in, n_out)
+        return singular_values + n_out
+
+    return projection(d, m) + projection(m, d) + _norm(c)
+
+
+def _stack(c: ModelConfig, cross: bool) -> int:
+    layer = _attention(c) * (2 if cross else 1) + _feed_forward(c)
+    interactions = (2 if cross else 1) * _interaction(c) if c.attention == "evolved" else 0
+    block = interactions + c.layers_per_block * layer + _norm(c)
+    return c.num_blocks * block
+
+
+def count_parameters(config: ModelConfig) -> ParameterCount:
+    """Trainable parameters of the model ``config`` describes, without building it."""
+    embedding = config.vocab_size * config.width
+    encoder = _stack(config, cross=False) if config.has_encoder else 0
+    decoder = _stack(config, cross=config.kind == "encoder_decoder") if config.has_decoder else 0
+    head = 0
+    if config.kind == "classifier":
+        assert config.num_classes is not None
+        outputs = 1 if config.num_classes == 2 else config.num_classes
+        head = _norm(config) + config.width * outputs + outputs
+    return ParameterCount(embedding, encoder, decoder, head)
+
+
+def count_model_parameters(model: nn.Module) -> int:
+    """``sum(p.numel())`` over trainable parameters of a built model."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def dead_parameter_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{parameter name: bool mask}`` of the entries that provably get no gradient (see module docstring)."""
+    masks: dict[str, torch.Tensor] = {}
+
+    def mark(name: str, parameter: torch.Tensor, index: slice | None = None) -> None:
+        mask = masks.setdefault(name, torch.zeros_like(parameter, dtype=torch.bool))
+        if index is None:
+            mask.fill_(True)
+        else:
+            mask[index] = True
+
+    for prefix, module in model.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        if isinstance(module, BlockInteraction) and module.key_time is not None:
+            mark(dot + "key_time", module.key_time)
+        elif isinstance(module, EvolvedAttention):
+            mark(dot + "time_amplitudes", module.time_amplitudes, slice(0, 1))
+            if module.depth == 0:
+                mark(dot + "time_amplitudes", module.time_amplitudes, slice(0, module.time_amplitudes.numel() // 2))
+        elif isinstance(module, TemporalProjection):
+            rank = min(module.in_features, module.out_features)
+            values = module.singular_values
+            mark(dot + "singular_values", values, slice(0, 1))
+            mark(dot + "singular_values", values, slice(rank, None))
+            if module.depth == 0:
+                mark(dot + "singular_values", values, slice(0, min(module.in_features // 2, rank)))
+        if isinstance(module, RandomFeedForward) and module.contract.depth == 0 and \
+                module.contract.in_features // 2 >= min(module.contract.in_features, module.contract.out_features):
+            # W of the second projection is exactly 0 at depth 0: nothing before it reaches the output.
+            for name, parameter in [("norm.weight", module.norm.weight), ("norm.bias", module.norm.bias),
+                                    ("expand.singular_values", module.expand.singular_values),
+                                    ("expand.bias", module.expand.bias)]:
+                mark(dot + name, parameter)
+    # Drop empty masks (e.g. a 0-length slice).
+    return {name: mask for name, mask in masks.items() if bool(mask.any())}
