@@ -214,3 +214,35 @@ PRESETS: dict[str, ModelConfig] = {
     "debug": _preset(name="debug", vocab_size=64, width=64, num_heads=2, layers_per_block=2, num_blocks=1,
                      time_dim=32, max_length=256),
 }
+
+
+def _parse_value(name: str, text: str, current: Any) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ("none", "null"):
+        return None
+    if isinstance(current, bool):
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{name}={text!r}: expected true or false")
+    kind = type(current) if current is not None else int
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected a value of type {kind.__name__}") from None
+
+
+def apply_overrides(config: ModelConfig, overrides: list[str] | tuple[str, ...]) -> ModelConfig:
+    """Apply ``key=value`` strings (e.g. ``["width=256", "ff_type=random"]``) to a config, with validation."""
+    valid = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value (e.g. width=256)")
+        key, text = item.split("=", 1)
+        key = key.strip().removeprefix("model.")
+        if key not in valid:
+            raise ValueError(f"unknown model config key {key!r}; valid keys are {sorted(valid)}")
+        changes[key] = _parse_value(key, text, getattr(config, key))
+    return config.replace(**changes)
