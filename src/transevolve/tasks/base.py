@@ -1,0 +1,146 @@
+"""The task interface: what every task gives the training recipe.
+
+A task is one file in ``transevolve/tasks/`` that defines a :class:`Task` subclass decorated with
+:func:`register_task`. ``Task.load(seed)`` returns :class:`TaskData`: deterministic train / validation / test
+splits (pure functions of the seed and the task options), the vocabulary size, the metric and, for text tasks,
+the tokenizer.
+
+Examples are dicts of 1-D ``torch.long`` tensors, by task kind:
+
+- ``classification``: ``{"ids": (n,), "label": ()}``.
+- ``seq2seq``: ``{"src": (s,), "tgt": (t,)}`` with ``tgt = [BOS, y_1 .. y_m, EOS]``; the decoder reads
+  ``tgt[:-1]`` and predicts ``tgt[1:]``.
+- ``language_modeling``: ``{"ids": (n,), "loss_mask": (n,)}`` (bool): the model reads ``ids[:-1]`` and is trained to
+  predict ``ids[1:]`` where ``loss_mask[1:]`` is True; an optional ``"answer_mask"`` marks the tokens graded by the
+  metric (e.g. the final answer after a chain of thought).
+
+Token ids: 0 is padding everywhere; sequence tasks use 1 = BOS and 2 = EOS (the official convention).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+import torch
+from torch.utils.data import Dataset
+
+TaskKind = Literal["classification", "seq2seq", "language_modeling"]
+Example = dict[str, torch.Tensor]
+
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+
+class Tokenizer(Protocol):
+    """What the recipe needs from a text tokenizer."""
+
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class ExampleDataset(Dataset):
+    """A list of examples with their lengths (in tokens, for length bucketing)."""
+
+    def __init__(self, examples: list[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Example:
+        return self.examples[index]
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per example: the longest sequence of each example."""
+        return [max(int(t.numel()) for t in ex.values() if t.dim() == 1) for ex in self.examples]
+
+
+@dataclass
+class TaskData:
+    """A loaded task.
+
+    Attributes:
+        name: registry name.
+        kind: classification, seq2seq or language_modeling.
+        metric: name of the headline metric (``accuracy``, ``bleu``, ``exact_match``, ...).
+        vocab_size: ids are in ``[0, vocab_size)``.
+        splits: ``train``, ``validation`` and ``test`` datasets.
+        num_classes: for classification.
+        tokenizer: for text tasks (decoding predictions, BLEU on detokenized text).
+        max_length: the longest sequence in any split (source or target).
+        info: free-form facts worth printing (source package, version, licence, sizes).
+    """
+
+    name: str
+    kind: TaskKind
+    metric: str
+    vocab_size: int
+    splits: dict[str, ExampleDataset]
+    num_classes: int | None = None
+    tokenizer: Tokenizer | None = None
+    max_length: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """Base class of every task. Subclasses set the class attributes and implement :meth:`load`.
+
+    Options (sizes, lengths, presets) are keyword arguments of ``__init__``, validated there with clear errors.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[TaskKind]
+    metric: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: Names of the fetchable data packages this task reads (empty for generated tasks).
+    data_packages: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def load(self, seed: int = 0) -> TaskData:
+        """Build the splits deterministically from ``seed`` (and the options)."""
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: add a task to :data:`TASKS` under ``cls.name``."""
+    if cls.name in TASKS:
+        raise ValueError(f"task {cls.name!r} is registered twice")
+    TASKS[cls.name] = cls
+    return cls
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """Instantiate a registered task; unknown names list the registered ones."""
+    from transevolve import tasks as _tasks  # noqa: F401  (imports every task module)
+
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}")
+    return TASKS[name](**options)
+
+
+def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
+    """Stack examples into a batch, right-padding 1-D tensors with 0 (False for masks).
+
+    Returns ``{key: (b, n_max)}`` for sequences and ``{key: (b,)}`` for scalars.
+    """
+    if not examples:
+        raise ValueError("cannot collate an empty batch")
+    batch: dict[str, torch.Tensor] = {}
+    for key in examples[0]:
+        values = [ex[key] for ex in examples]
+        if values[0].dim() == 0:
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = torch.nn.utils.rnn.pad_sequence(values, batch_first=True, padding_value=0)
+    return batch
+
+
+Collate = Callable[[list[Example]], dict[str, torch.Tensor]]
