@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -124,6 +125,24 @@ def _root(
 
         console.print(__version__)
         raise typer.Exit()
+
+
+# Command groups that live next to their code (`transevolve data ...`, `transevolve bench ...`).
+_GROUPS = {"data": "transevolve.data.cli", "bench": "transevolve.bench.cli"}
+
+
+def _add_groups() -> None:
+    for name, module_name in _GROUPS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is not None and module_name.startswith(error.name):
+                continue  # the group is not part of this installation yet
+            raise
+        app.add_typer(module.app, name=name)
+
+
+_add_groups()
 
 
 def main() -> None:
