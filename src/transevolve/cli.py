@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -25,34 +25,156 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _errors_to_exit(function):
+    """Turn the library's clear errors into a one-line message and exit code 2 (no traceback)."""
+    import functools
+
+    from transevolve.checkpoint import CheckpointError
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (ValueError, FileNotFoundError, FileExistsError, CheckpointError, TypeError) as error:
+            _fail(str(error))
+
+    return wrapper
+
+
 @app.command()
+@_errors_to_exit
 def compare(
-    steps: Annotated[int, typer.Option(help="Training steps per model.", min=1)] = 150,
-    batch: Annotated[int, typer.Option(help="Sequences per step.", min=1)] = 32,
-    length: Annotated[int, typer.Option(help="Sequence length.", min=2)] = 32,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation and data.")] = 0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="Dotted overrides applied to every model, e.g. train.max_steps=200 model.width=128.")] = None,
+    config: Annotated[str, typer.Option("--config", "-c", help="Comparison file or packaged preset "
+                                        "(see configs/compare/).")] = "compare/digits.yaml",
+    models: Annotated[list[str] | None, typer.Option("--model", "-m", help="Only these models (repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default runs/compare-<task>-<time>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted comparison in --out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Train a Transformer, TransEvolve-fullFF and TransEvolve-randomFF side by side and compare them.
+    """Train several models on one task side by side; print and save the comparison.
 
-    For now this runs on a small embedded synthetic task (largest digit of a sequence, 10 classes) as a smoke
-    run of the whole trunk; real tasks arrive with the task registry.
+    With no arguments: a Transformer, TransEvolve-fullFF and TransEvolve-randomFF on the default task of
+    configs/compare/digits.yaml. Writes one run directory per model, comparison.json, report.md and plots.
     """
-    from transevolve.compare import run_compare
+    from transevolve.compare import _task_kind, load_comparison, run_comparison, summary_rows
 
-    console.print(f"compare: 3 models x {steps} steps on the embedded max-digit task (batch {batch}, "
-                  f"length {length}, seed {seed}, CPU)")
-    results = run_compare(steps=steps, batch=batch, length=length, seed=seed)
-    table = Table(title="max-digit (10 classes, chance 10%)")
-    for column in ("model", "parameters", "accuracy", "train s", "tokens/s", "final loss"):
+    comparison = load_comparison(config, overrides or [], models)
+    first = next(iter(comparison.runs.values()))
+    if out is None:
+        if resume:
+            _fail("--resume needs --out DIR (the comparison to continue)")
+        out = Path("runs") / f"compare-{first.task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    console.print(f"compare: {len(comparison.runs)} models on {first.task.name} "
+                  f"({first.train.max_steps} steps each) -> {out}")
+    results = run_comparison(comparison, out, quiet=quiet, resume=resume)
+    if any(r.interrupted for r in results):
+        console.print(f"interrupted; continue with: transevolve compare --config {config} --out {out} --resume")
+        raise typer.Exit(code=130)
+    rows = summary_rows(results, _task_kind(results))
+    table = Table(title=f"{first.task.name}: test metrics of the best validation checkpoint")
+    for column in rows[0]:
         table.add_column(column, justify="left" if column == "model" else "right")
-    for r in results:
-        table.add_row(r.name, f"{r.parameters:,}", f"{r.accuracy:.1%}", f"{r.train_seconds:.1f}",
-                      f"{r.tokens_per_second:,.0f}", f"{r.final_loss:.4f}")
+    for row in rows:
+        table.add_row(*[_cell(v) for v in row.values()])
     console.print(table)
-    if json_out is not None:
-        json_out.write_text(json.dumps([r.__dict__ for r in results], indent=2) + "\n")
-        console.print(f"wrote {json_out}")
+    console.print(f"report: {out / 'report.md'}")
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+@app.command("train")
+@_errors_to_exit
+def train_command(
+    config: Annotated[str | None, typer.Argument(help="Run file (YAML: task, model, train) or packaged preset.")
+                      ] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.max_steps=500.")
+                         ] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/<task>-<model>-<time>).")
+                       ] = None,
+    resume: Annotated[Path | None, typer.Option(help="Resume the run in this directory from its last "
+                                                "checkpoint (overrides may extend train.max_steps).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Train one model. Ctrl-C saves a checkpoint; --resume continues exactly where it stopped."""
+    from transevolve.compare import preset_path
+    from transevolve.train import TrainingDivergedError, load_run, train
+    from transevolve.train.config import apply_dotted, run_config_from_dict
+
+    if resume is not None:
+        if config is not None and "=" in config:
+            overrides = [config, *(overrides or [])]
+        elif config is not None:
+            _fail("with --resume the config comes from the run directory; pass only overrides")
+        base = load_run(resume)
+        run = run_config_from_dict(apply_dotted(base.to_dict(), overrides or []))
+        directory = resume
+    else:
+        if config is None:
+            _fail("give a run file or preset (e.g. transevolve train configs/listops/transevolve-full.yaml), "
+                  "or --resume RUN_DIR")
+        from transevolve.train.config import load_run_config
+
+        run = load_run_config(preset_path(config), overrides or [])
+        name = run.model.get("name") or f"{run.model.get('attention', 'evolved')}"
+        directory = run_dir or Path("runs") / f"{run.task.name}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        result = train(run, directory, resume=resume is not None, quiet=quiet)
+    except TrainingDivergedError as error:
+        console.print(f"[bold red]training diverged:[/] {error}")
+        raise typer.Exit(code=1) from None
+    if result.interrupted:
+        raise typer.Exit(code=130)
+    _print_result(result)
+
+
+def _print_result(result) -> None:
+    table = Table(title=f"{result.run_dir}")
+    table.add_column("split")
+    keys = sorted(set(result.validation) | set(result.test))
+    for key in keys:
+        table.add_column(key, justify="right")
+    for split, metrics in (("validation", result.validation), ("test", result.test)):
+        table.add_row(split, *[_cell(metrics.get(k, float("nan"))) for k in keys])
+    console.print(table)
+    console.print(f"parameters {result.parameters:,}; {result.steps} steps in {result.train_seconds:.1f} s "
+                  f"({result.tokens_per_second:,.0f} tokens/s)")
+
+
+@app.command("eval")
+@_errors_to_exit
+def eval_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by transevolve train.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    batch_size: Annotated[int, typer.Option(help="Evaluation batch size.", min=1)] = 64,
+) -> None:
+    """Evaluate a trained run's checkpoint on a split of its task."""
+    from transevolve.checkpoint import load_model
+    from transevolve.tasks import get_task
+    from transevolve.train import load_run
+    from transevolve.train.evaluation import evaluate
+    from transevolve.train.loop import select_device
+
+    if checkpoint not in ("best", "last"):
+        _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
+    run = load_run(run_dir)
+    model = load_model(run_dir / "checkpoints" / checkpoint)
+    device = select_device(run.train.device)
+    data = get_task(run.task.name, **run.task.options).load(run.task.seed)
+    metrics = evaluate(model.to(device), data, split, batch_size, device, bleu=data.kind == "seq2seq")
+    table = Table(title=f"{run_dir} ({checkpoint}) on {run.task.name}/{split}")
+    for key in metrics:
+        table.add_column(key, justify="right")
+    table.add_row(*[_cell(v) for v in metrics.values()])
+    console.print(table)
 
 
 @app.command()

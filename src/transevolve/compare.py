@@ -1,88 +1,185 @@
-"""``transevolve compare``: train several models on one task and tabulate what each costs and achieves.
+"""``transevolve compare``: train several models on one task and show what each costs and achieves.
 
-Until the task registry and the training recipe land, the comparison runs on a small embedded synthetic task
-(``max-digit``: predict the largest digit of a random digit sequence, 10 classes, chance 10%) with a plain
-Adam loop. It is a smoke run of the whole trunk (forward, backward, optimizer, evaluation), not a benchmark.
+A comparison file is a run file (``task``, ``model``, ``train``; see ``transevolve.train.config``) plus a
+``models`` section mapping a name to the model fields that differ::
+
+    models:
+      transformer: {attention: softmax}
+      transevolve-fullFF: {attention: evolved, ff_type: full}
+      transevolve-randomFF: {attention: evolved, ff_type: random}
+
+Every model is trained with the same task, data order, seed and training budget. The output directory holds
+one run directory per model, ``comparison.json``, ``report.md`` and the plots (accuracy against parameters and
+against training time, validation curves).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
 
-import torch
-import torch.nn.functional as F
+import yaml
 
-from transevolve.config import ModelConfig
-from transevolve.models import ClassifierModel, build_model
-from transevolve.params import count_parameters
+from transevolve.train.config import RunConfig, apply_dotted, load_yaml_with_base, run_config_from_dict
+from transevolve.train.loop import HEADLINE, RunResult, train
 
-NUM_DIGITS = 10
+DEFAULT_COMPARISON = "compare/digits.yaml"
 
 
 @dataclass(frozen=True)
-class CompareResult:
-    name: str
-    parameters: int
-    accuracy: float
-    train_seconds: float
-    tokens_per_second: float
-    final_loss: float
+class Comparison:
+    runs: dict[str, RunConfig]
+    source: str
 
 
-def max_digit_batch(batch: int, length: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Digits ``0..9`` as ids ``1..10`` with random trailing padding; label = the largest digit."""
-    digits = torch.randint(0, NUM_DIGITS, (batch, length), generator=generator)
-    lengths = torch.randint(length // 2, length + 1, (batch,), generator=generator)
-    real = torch.arange(length)[None, :] < lengths[:, None]
-    ids = torch.where(real, digits + 1, torch.zeros_like(digits))
-    labels = torch.where(real, digits, torch.full_like(digits, -1)).amax(dim=1)
-    return ids, labels
+def preset_path(name: str) -> Path:
+    """A preset shipped with the package (``configs/<name>``), or a file path."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = Path(str(resources.files("transevolve") / "configs" / name))
+    if not packaged.suffix:
+        packaged = packaged.with_suffix(".yaml")
+    if packaged.is_file():
+        return packaged
+    available = sorted(str(p.relative_to(packaged.parents[len(Path(name).parts) - 1]))
+                       for p in Path(str(resources.files("transevolve") / "configs")).rglob("*.yaml"))
+    raise FileNotFoundError(f"no config file or preset named {name!r}; presets: {available}")
 
 
-def default_models(width: int = 64, heads: int = 2, depth: int = 4) -> dict[str, ModelConfig]:
-    """A Transformer, TransEvolve-fullFF and TransEvolve-randomFF of the same width and depth."""
-    base = ModelConfig(kind="classifier", vocab_size=NUM_DIGITS + 1, width=width, num_heads=heads,
-                       time_dim=width // heads, layers_per_block=depth, num_blocks=1, num_classes=NUM_DIGITS,
-                       pooling="masked_mean", dropout=0.0, max_length=512)
-    return {
-        "transformer": base.replace(attention="softmax", name="transformer"),
-        "transevolve-fullFF": base.replace(ff_type="full", name="transevolve-fullFF"),
-        "transevolve-randomFF": base.replace(ff_type="random", name="transevolve-randomFF"),
-    }
+def load_comparison(name: str = DEFAULT_COMPARISON, overrides: list[str] | None = None,
+                    only: list[str] | None = None) -> Comparison:
+    """Read a comparison file; ``overrides`` (dotted) apply to every model, ``only`` selects models."""
+    path = preset_path(name)
+    data = load_yaml_with_base(path)
+    models = data.pop("models", None)
+    if not isinstance(models, dict) or not models:
+        raise ValueError(f"{path} has no 'models' section (name -> model fields)")
+    if only:
+        unknown = sorted(set(only) - set(models))
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; {path} defines {list(models)}")
+        models = {k: v for k, v in models.items() if k in only}
+    runs = {}
+    for model_name, fields in models.items():
+        merged = dict(data)
+        merged["model"] = {**(data.get("model") or {}), **(fields or {}), "name": model_name}
+        runs[model_name] = run_config_from_dict(apply_dotted(merged, overrides or []))
+    return Comparison(runs, str(path))
 
 
-def train_and_evaluate(name: str, config: ModelConfig, steps: int, batch: int, length: int, seed: int,
-                       learning_rate: float = 1e-3, device: str = "cpu") -> CompareResult:
-    """Train one classifier on the embedded task and return its held-out accuracy and costs."""
-    torch.manual_seed(seed)
-    model = build_model(config).to(device)
-    assert isinstance(model, ClassifierModel)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    data = torch.Generator().manual_seed(seed)
-    model.train()
-    loss = torch.tensor(float("nan"))
-    start = time.perf_counter()
-    for _ in range(steps):
-        ids, labels = max_digit_batch(batch, length, data)
-        loss = F.cross_entropy(model(ids.to(device)), labels.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    seconds = time.perf_counter() - start
-    model.eval()
-    held_out = torch.Generator().manual_seed(seed + 1_000_003)
-    correct = total = 0
-    with torch.no_grad():
-        for _ in range(8):
-            ids, labels = max_digit_batch(64, length, held_out)
-            correct += int((model(ids.to(device)).argmax(-1).cpu() == labels).sum())
-            total += labels.numel()
-    return CompareResult(name, count_parameters(config).total, correct / total, seconds,
-                         steps * batch * length / seconds, loss.item())
+def run_comparison(comparison: Comparison, out_dir: str | Path, quiet: bool = False,
+                   resume: bool = False) -> list[RunResult]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name, run in comparison.runs.items():
+        run_dir = out_dir / name
+        already = (run_dir / "results.json").is_file()
+        if resume and already:
+            results.append(_result_from_dir(run_dir))
+            continue
+        results.append(train(run, run_dir, quiet=quiet,
+                             resume=resume and (run_dir / "checkpoints" / "last").is_dir()))
+    write_report(comparison, results, out_dir)
+    return results
 
 
-def run_compare(steps: int = 150, batch: int = 32, length: int = 32, seed: int = 0,
-                device: str = "cpu") -> list[CompareResult]:
-    return [train_and_evaluate(name, config, steps, batch, length, seed, device=device)
-            for name, config in default_models().items()]
+def _result_from_dir(run_dir: Path) -> RunResult:
+    from transevolve.config import ModelConfig
+
+    payload = json.loads((run_dir / "results.json").read_text())
+    return RunResult(run_dir, ModelConfig.from_dict(payload["model"]), payload["parameters"], payload["steps"],
+                     payload["train_seconds"], payload["tokens_per_second"], payload["validation"],
+                     payload["test"])
+
+
+def summary_rows(results: list[RunResult], kind: str) -> list[dict[str, Any]]:
+    metric = "bleu" if kind == "seq2seq" else HEADLINE[kind]
+    rows = []
+    for r in results:
+        rows.append({"model": r.model_config.name, "parameters": r.parameters,
+                     f"validation {metric}": r.validation.get(metric), f"test {metric}": r.test.get(metric),
+                     "train seconds": r.train_seconds, "tokens/s": r.tokens_per_second, "steps": r.steps})
+    return rows
+
+
+def write_report(comparison: Comparison, results: list[RunResult], out_dir: Path) -> Path:
+    """``comparison.json``, ``report.md`` and the comparison plots."""
+    first = next(iter(comparison.runs.values()))
+    kind = _task_kind(results)
+    rows = summary_rows(results, kind)
+    (out_dir / "comparison.json").write_text(json.dumps({"source": comparison.source, "task": first.task.name,
+                                                         "rows": rows, "date": time.strftime("%Y-%m-%d %H:%M"),
+                                                         "configs": {k: v.to_dict() for k, v in
+                                                                     comparison.runs.items()}}, indent=2) + "\n")
+    plots = _plot_comparison(results, kind, out_dir)
+    header = list(rows[0])
+    lines = [f"# Comparison on `{first.task.name}`", "",
+             f"Config: `{comparison.source}`; {first.train.max_steps} steps each, seed {first.train.seed}, "
+             f"batch {first.train.batch_size}. Test metrics use the best validation checkpoint.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[k]) for k in header) + " |")
+    lines.append("")
+    lines.extend(f"![{p.stem}]({p.name})" for p in plots)
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def _task_kind(results: list[RunResult]) -> str:
+    kinds = {"classifier": "classification", "encoder_decoder": "seq2seq", "decoder": "language_modeling",
+             "encoder": "classification"}
+    return kinds[results[0].model_config.kind]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if value < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _plot_comparison(results: list[RunResult], kind: str, out_dir: Path) -> list[Path]:
+    from transevolve.train.plots import _matplotlib, read_metrics
+
+    plt = _matplotlib()
+    metric = "bleu" if kind == "seq2seq" else HEADLINE[kind]
+    paths = []
+    for x_key, x_label, file in (("parameters", "trainable parameters", "accuracy_vs_parameters.png"),
+                                 ("train_seconds", "training time (s)", "accuracy_vs_time.png")):
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for r in results:
+            ax.scatter(getattr(r, x_key), r.test.get(metric, float("nan")), s=50)
+            ax.annotate(r.model_config.name, (getattr(r, x_key), r.test.get(metric, float("nan"))),
+                        textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.set(xlabel=x_label, ylabel=f"test {metric}", title=f"test {metric} vs {x_label}")
+        if x_key == "parameters":
+            ax.set_xscale("log")
+        fig.tight_layout()
+        fig.savefig(out_dir / file, dpi=110)
+        plt.close(fig)
+        paths.append(out_dir / file)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    validation_metric = HEADLINE[kind]
+    for r in results:
+        valid = [m for m in read_metrics(r.run_dir) if m["split"] == "validation"]
+        ax.plot([m["step"] for m in valid], [m.get(validation_metric) for m in valid], "o-",
+                label=r.model_config.name)
+    ax.set(xlabel="step", ylabel=f"validation {validation_metric}", title="validation curves")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "validation_curves.png", dpi=110)
+    plt.close(fig)
+    paths.append(out_dir / "validation_curves.png")
+    return paths
+
+
+def comparison_yaml(comparison: Comparison) -> str:
+    return yaml.safe_dump({k: v.to_dict() for k, v in comparison.runs.items()}, sort_keys=False)
