@@ -1,0 +1,266 @@
+"""Shared machinery of the generated tasks: fixed vocabularies, option presets, seeded split generation with
+de-duplication, and the dynamic-programming (DP) task base class with its teacher-forced metric.
+
+DP tasks (arithmetic modulo p, longest increasing subsequence, edit distance; Feng et al. 2023, arXiv 2305.15408,
+as used by Yang et al. 2024, arXiv 2402.13934) are language-modelling tasks. One example is::
+
+    ids         = [BOS] prompt SEP cot answer [EOS]          (cot is empty in the "direct" format)
+    loss_mask   = True on every token after the first SEP   (cot, answer and EOS are trained)
+    answer_mask = True on the answer tokens                 (graded by the metric "exact_match")
+
+A model reads ``ids[:-1]`` and predicts ``ids[1:]`` (see :mod:`transevolve.tasks.base`).
+
+Splits are pure functions of ``(seed, options)``: each split draws from its own random stream, in the order test,
+validation, train, and skips any prompt already drawn, so the three splits are disjoint and the test set does
+not change when only the training-set size does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import torch
+import torch.nn.functional as F
+
+from transevolve.tasks import _cache
+from transevolve.tasks.base import BOS_ID, EOS_ID, PAD_ID, ExampleDataset, Task, TaskData, TaskKind
+
+T = TypeVar("T")
+
+#: Generation order of the splits: evaluation splits first, so they do not depend on the training-set size.
+SPLIT_ORDER = ("test", "validation", "train")
+SPLIT_SIZE_OPTIONS = {"train": "num_train", "validation": "num_validation", "test": "num_test"}
+
+
+class WordVocab:
+    """A fixed token table; text is tokens separated by whitespace. Satisfies the ``Tokenizer`` protocol."""
+
+    def __init__(self, tokens: Sequence[str], special_ids: Iterable[int] = (PAD_ID, BOS_ID, EOS_ID)) -> None:
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("duplicate tokens in the vocabulary")
+        self.tokens: tuple[str, ...] = tuple(tokens)
+        self.index: dict[str, int] = {token: i for i, token in enumerate(self.tokens)}
+        self.special_ids = frozenset(special_ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, token: str) -> int:
+        return self.index[token]
+
+    def encode(self, text: str) -> list[int]:
+        """``"a b c"`` -> ids; an unknown token raises ``ValueError``."""
+        ids = []
+        for token in text.split():
+            if token not in self.index:
+                raise ValueError(f"token {token!r} is not in the vocabulary ({self.vocab_size} tokens)")
+            ids.append(self.index[token])
+        return ids
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        """ids -> text; the special ids (padding, BOS, EOS) are dropped unless ``skip_special`` is False."""
+        special = self.special_ids if skip_special else frozenset()
+        return " ".join(self.tokens[int(i)] for i in ids if int(i) not in special)
+
+
+def resolve_options(task: str, presets: dict[str, dict[str, Any]], preset: str,
+                    given: dict[str, Any]) -> dict[str, Any]:
+    """The preset's options overridden by every ``given`` option that is not None."""
+    if preset not in presets:
+        raise ValueError(f"{task}: unknown preset {preset!r}; choose one of {sorted(presets)}")
+    return {**presets[preset], **{key: value for key, value in given.items() if value is not None}}
+
+
+def check_int(task: str, name: str, value: Any, low: int, high: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int in ``[low, high]``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{task}: {name}={value!r} must be an integer")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{task}: {name}={value} must be {bound}")
+
+
+def check_choice(task: str, name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{task}: {name}={value!r} must be one of {list(choices)}")
+
+
+def split_rng(task: str, seed: int, split: str) -> random.Random:
+    """The random stream of one split: a function of (task, seed, split) only."""
+    digest = hashlib.sha256(f"transevolve|{task}|{seed}|{split}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:16], "little"))
+
+
+def draw_unique_splits(task: str, seed: int, counts: dict[str, int],
+                       draw: Callable[[random.Random], tuple[Hashable, T] | None],
+                       max_attempts: Callable[[int], int]) -> dict[str, list[T]]:
+    """Draw ``counts[split]`` items per split with ``draw(rng) -> (dedup key, item)`` (None = rejected).
+
+    Splits are drawn in :data:`SPLIT_ORDER`, each from :func:`split_rng`; an item whose key was already drawn
+    (in any split) is skipped. ``max_attempts(count)`` bounds the draws per split; running out raises
+    ``ValueError`` (the options ask for more distinct items than the generator can reasonably give).
+    """
+    seen: set[Hashable] = set()
+    splits: dict[str, list[T]] = {}
+    for split in SPLIT_ORDER:
+        rng, items, count = split_rng(task, seed, split), [], counts[split]
+        budget = max_attempts(count)
+        attempts = duplicates = 0
+        while len(items) < count:
+            if attempts >= budget:
+                raise ValueError(
+                    f"{task}: only {len(items)} of {count} distinct {split} examples after {attempts} draws "
+                    f"({duplicates} duplicates, {attempts - len(items) - duplicates} rejected); ask for fewer "
+                    "examples or a larger problem size")
+            attempts += 1
+            result = draw(rng)
+            if result is None:
+                continue
+            key, item = result
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            items.append(item)
+        splits[split] = items
+    return splits
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Dynamic-programming tasks
+
+
+@dataclass(frozen=True)
+class DPProblem:
+    """One generated problem, as token ids (no BOS/EOS).
+
+    Attributes:
+        prompt: the question, up to (not including) the first separator.
+        cot: the chain of thought after the first separator, ending with the separator before the answer.
+        answer: the final answer tokens.
+    """
+
+    prompt: list[int]
+    cot: list[int]
+    answer: list[int]
+
+
+def lm_example_columns(prompt: Sequence[int], separator: int, steps: Sequence[int],
+                       answer: Sequence[int]) -> tuple[list[int], list[bool], list[bool]]:
+    """``(ids, loss_mask, answer_mask)`` for ``[BOS] prompt separator steps answer [EOS]``."""
+    ids = [BOS_ID, *prompt, separator, *steps, *answer, EOS_ID]
+    first_target = len(prompt) + 2
+    answer_start = first_target + len(steps)
+    loss_mask = [i >= first_target for i in range(len(ids))]
+    answer_mask = [answer_start <= i < answer_start + len(answer) for i in range(len(ids))]
+    return ids, loss_mask, answer_mask
+
+
+class DPTask(Task):
+    """Base of the DP tasks: presets, common options (``format``, split sizes, ``cache``) and :meth:`load`.
+
+    Subclasses set ``name``, ``presets``, ``version`` and ``separator`` and implement :meth:`_validate`,
+    :meth:`_build_vocab` and :meth:`sample`.
+    """
+
+    kind: ClassVar[TaskKind] = "language_modeling"
+    metric: ClassVar[str] = "exact_match"
+    #: Generator version: part of the cache key; bump it whenever the generated data changes.
+    version: ClassVar[int] = 1
+    presets: ClassVar[dict[str, dict[str, Any]]]
+    #: The token that separates the prompt from the chain of thought / answer.
+    separator: ClassVar[str] = "<sep>"
+
+    options: dict[str, Any]
+    vocab: WordVocab
+
+    def _configure(self, preset: str, given: dict[str, Any], cache: bool) -> None:
+        self.preset = preset
+        self.options = resolve_options(self.name, self.presets, preset, given)
+        self.cache = bool(cache)
+        check_choice(self.name, "format", self.options["format"], ("direct", "cot"))
+        for option in SPLIT_SIZE_OPTIONS.values():
+            check_int(self.name, option, self.options[option], 1)
+        self._validate()
+        self.vocab = self._build_vocab()
+
+    @abstractmethod
+    def _validate(self) -> None:
+        """Check the task-specific options (raise ``ValueError`` with the offending values)."""
+
+    @abstractmethod
+    def _build_vocab(self) -> WordVocab:
+        """The fixed token table for the current options."""
+
+    @abstractmethod
+    def sample(self, rng: random.Random) -> DPProblem:
+        """Draw one problem with its chain of thought and answer."""
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab.vocab_size
+
+    def encode_problem(self, problem: DPProblem) -> tuple[list[int], list[bool], list[bool]]:
+        """``(ids, loss_mask, answer_mask)`` of a problem in the configured format."""
+        steps = problem.cot if self.options["format"] == "cot" else []
+        return lm_example_columns(problem.prompt, self.vocab[self.separator], steps, problem.answer)
+
+    def _generate(self, seed: int) -> dict[str, _cache.Columns]:
+        def draw(rng: random.Random) -> tuple[Hashable, DPProblem]:
+            problem = self.sample(rng)
+            return tuple(problem.prompt), problem
+
+        counts = {split: self.options[option] for split, option in SPLIT_SIZE_OPTIONS.items()}
+        problems = draw_unique_splits(self.name, seed, counts, draw, lambda n: 20 * n + 1000)
+        splits: dict[str, _cache.Columns] = {}
+        for split, items in problems.items():
+            encoded = [self.encode_problem(problem) for problem in items]
+            splits[split] = {"ids": [e[0] for e in encoded], "loss_mask": [e[1] for e in encoded],
+                             "answer_mask": [e[2] for e in encoded]}
+        return splits
+
+    def load(self, seed: int = 0) -> TaskData:
+        check_int(self.name, "seed", seed, 0)
+        key = {"task": self.name, "version": self.version, "seed": seed, "options": self.options}
+        start = time.perf_counter()
+        splits, cache_info = _cache.cached_splits(self.name, key, lambda: self._generate(seed), self.cache)
+        datasets = {split: ExampleDataset(splits[split]) for split in ("train", "validation", "test")}
+        max_length = max(max(ds.lengths) for ds in datasets.values())
+        info = {"preset": self.preset, "options": dict(self.options), "version": self.version, "seed": seed,
+                "seconds": round(time.perf_counter() - start, 3), **cache_info}
+        return TaskData(name=self.name, kind=self.kind, metric=self.metric, vocab_size=self.vocab_size,
+                        splits=datasets, tokenizer=self.vocab, max_length=max_length, info=info)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Loss and metric for language-modelling batches (``collate`` output)
+
+
+def next_token_loss(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the masked targets.
+
+    Args:
+        logits: ``(b, n - 1, V)``, the model's output on ``ids[:, :-1]``.
+        ids: ``(b, n)`` token ids.
+        loss_mask: ``(b, n)`` bool; ``loss_mask[:, 1:]`` selects the targets ``ids[:, 1:]``.
+    """
+    targets, mask = ids[:, 1:], loss_mask[:, 1:]
+    losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (b, n - 1)
+    return (losses * mask).sum() / mask.sum().clamp(min=1)
+
+
+def teacher_forced_exact_match(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per example, 1.0 when every masked target is the argmax prediction (teacher forcing), else 0.0.
+
+    With ``mask = answer_mask`` this is answer exact match; with ``mask = loss_mask`` every CoT token must be
+    right too (Feng et al.'s LIS / edit-distance metric). Shapes as :func:`next_token_loss`; returns ``(b,)``.
+    """
+    correct = (logits.argmax(dim=-1) == ids[:, 1:]) | ~mask[:, 1:]
+    return correct.all(dim=1).float()
