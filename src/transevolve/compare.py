@@ -41,13 +41,13 @@ def preset_path(name: str) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    packaged = Path(str(resources.files("transevolve") / "configs" / name))
+    root = Path(str(resources.files("transevolve") / "configs"))
+    packaged = root / name
     if not packaged.suffix:
         packaged = packaged.with_suffix(".yaml")
     if packaged.is_file():
         return packaged
-    available = sorted(str(p.relative_to(packaged.parents[len(Path(name).parts) - 1]))
-                       for p in Path(str(resources.files("transevolve") / "configs")).rglob("*.yaml"))
+    available = sorted(str(p.relative_to(root)) for p in root.rglob("*.yaml"))
     raise FileNotFoundError(f"no config file or preset named {name!r}; presets: {available}")
 
 
