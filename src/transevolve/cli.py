@@ -178,6 +178,46 @@ def eval_command(
 
 
 @app.command()
+@_errors_to_exit
+def inspect(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (e.g. a TransEvolve run and "
+                                                   "a Transformer run on the same task).")],
+    index: Annotated[int, typer.Option(help="Which validation example to show.", min=0)] = 0,
+    max_tokens: Annotated[int, typer.Option(help="Show at most this many leading tokens.", min=2)] = 48,
+    out: Annotated[Path | None, typer.Option(help="PNG to write (default: attention.png in the first run).")
+                   ] = None,
+) -> None:
+    """Plot how self-attention evolves over depth (TransEvolve: A0 then each layer, per head)."""
+    from transevolve.checkpoint import load_model
+    from transevolve.inspect_attention import attention_maps, plot_attention
+    from transevolve.tasks import collate, get_task
+    from transevolve.train import load_run
+
+    panels = []
+    example = None
+    for run_dir in run_dirs:
+        run = load_run(run_dir)
+        model = load_model(run_dir / "checkpoints" / "best")
+        if example is None:
+            data = get_task(run.task.name, **run.task.options).load(run.task.seed)
+            split = data.splits["validation"]
+            if index >= len(split):
+                _fail(f"--index {index} but the validation split has {len(split)} examples")
+            example = {k: (v[:max_tokens] if k in ("ids", "src") and v.dim() == 1 else v)
+                       for k, v in split[index].items()}
+            if "loss_mask" in example:
+                example = {k: v[:max_tokens] for k, v in example.items()}
+        maps = attention_maps(model, collate([example]))
+        name = model.config.name or f"{model.config.attention}/{model.config.ff_type}"
+        panels.append((name, maps))
+        shifts = ", ".join(f"{s:.3f}" for s in maps.layer_shift())
+        console.print(f"{name}: {len(maps.maps)} maps over {maps.tokens} tokens; mean change of attention between "
+                      f"consecutive layers (total variation): {shifts}")
+    path = plot_attention(panels, out or run_dirs[0] / "attention.png")
+    console.print(f"wrote {path}")
+
+
+@app.command()
 def params(
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value changes applied to every preset, "
                                                               "e.g. width=256 num_heads=4 time_dim=64")] = None,
