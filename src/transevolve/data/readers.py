@@ -65,10 +65,12 @@ def read_numeric_csv(path: Path, columns: int, rows: int | None = None) -> np.nd
     """A headerless numeric CSV (``.gz``) as an int64 ``(rows, columns)`` array; checks the shape."""
     text = read_gzip(path) if path.suffix == ".gz" else path.read_bytes()
     try:
-        lines = [line for line in text.decode("ascii").splitlines() if line.strip()]
-        array = np.array([[int(float(x)) for x in line.split(",")] for line in lines], dtype=np.int64)
-    except (UnicodeDecodeError, ValueError) as error:
+        values = np.loadtxt(io.BytesIO(text), delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError as error:
         raise DataCorruptError(f"{path}: malformed numeric CSV ({error})") from error
+    array = values.astype(np.int64)
+    if not np.array_equal(array, values):
+        raise DataCorruptError(f"{path}: non-integer values in a numeric CSV")
     if array.ndim != 2 or array.shape[1] != columns or (rows is not None and array.shape[0] != rows):
         raise DataCorruptError(f"{path}: expected {rows or 'any'} x {columns} values, found {array.shape}")
     return array
