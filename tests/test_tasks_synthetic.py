@@ -177,6 +177,24 @@ def test_listops_sampler_respects_depth_and_arity() -> None:
         assert tree[1] == len(tree[0])
 
 
+def test_listops_vectorised_sampler_matches_the_recursive_reference() -> None:
+    """Same distribution: acceptance rate, mean length and label frequencies agree within 4 standard errors."""
+    depth, arity, low, high, roots = 5, 5, 3, 80, 40_000
+    fast = [t for t in listops.sample_forest(np.random.default_rng(0), roots, depth, arity, low, high) if t]
+    rng = random.Random(0)
+    slow = [t for t in (listops.sample_tree(rng, depth, arity, high) for _ in range(roots)) if t and t[1] > low]
+    for trees in (fast, slow):  # every kept tree is valid and correctly labelled
+        assert all(listops.evaluate(list(b)) == trees[i][-1] for i, (b, *_) in enumerate(trees[:500]))
+    rate_fast, rate_slow = len(fast) / roots, len(slow) / roots
+    assert abs(rate_fast - rate_slow) < 4 * np.sqrt(2 * rate_slow * (1 - rate_slow) / roots)
+    len_fast, len_slow = np.array([len(t[0]) for t in fast]), np.array([t[1] for t in slow])
+    assert abs(len_fast.mean() - len_slow.mean()) < 4 * np.sqrt(len_fast.var() / len(fast) + len_slow.var() / len(slow))
+    freq_fast = np.bincount([t[1] for t in fast], minlength=10) / len(fast)
+    freq_slow = np.bincount([t[2] for t in slow], minlength=10) / len(slow)
+    se = np.sqrt(freq_slow * (1 - freq_slow) * (1 / len(fast) + 1 / len(slow)))
+    assert (np.abs(freq_fast - freq_slow) < 4 * se + 1e-9).all()
+
+
 @pytest.mark.parametrize("options, message", [
     ({"preset": "huge"}, "unknown preset"),
     ({"min_length": 50, "max_length": 51}, "no length"),

@@ -21,7 +21,7 @@ import hashlib
 import random
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -92,25 +92,26 @@ def check_choice(task: str, name: str, value: Any, choices: Sequence[str]) -> No
         raise ValueError(f"{task}: {name}={value!r} must be one of {list(choices)}")
 
 
-def split_rng(task: str, seed: int, split: str) -> random.Random:
-    """The random stream of one split: a function of (task, seed, split) only."""
+def split_seed(task: str, seed: int, split: str) -> int:
+    """The 128-bit seed of one split's random stream: a function of (task, seed, split) only."""
     digest = hashlib.sha256(f"transevolve|{task}|{seed}|{split}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:16], "little"))
+    return int.from_bytes(digest[:16], "little")
 
 
 def draw_unique_splits(task: str, seed: int, counts: dict[str, int],
-                       draw: Callable[[random.Random], tuple[Hashable, T] | None],
+                       stream: Callable[[int], Iterator[tuple[Hashable, T] | None]],
                        max_attempts: Callable[[int], int]) -> dict[str, list[T]]:
-    """Draw ``counts[split]`` items per split with ``draw(rng) -> (dedup key, item)`` (None = rejected).
+    """Draw ``counts[split]`` items per split from ``stream(split_seed)``, an endless iterator of
+    ``(dedup key, item)`` pairs or None (a rejected draw).
 
-    Splits are drawn in :data:`SPLIT_ORDER`, each from :func:`split_rng`; an item whose key was already drawn
-    (in any split) is skipped. ``max_attempts(count)`` bounds the draws per split; running out raises
+    Splits are drawn in :data:`SPLIT_ORDER`, each from its own :func:`split_seed`; an item whose key was already
+    drawn (in any split) is skipped. ``max_attempts(count)`` bounds the draws per split; running out raises
     ``ValueError`` (the options ask for more distinct items than the generator can reasonably give).
     """
     seen: set[Hashable] = set()
     splits: dict[str, list[T]] = {}
     for split in SPLIT_ORDER:
-        rng, items, count = split_rng(task, seed, split), [], counts[split]
+        draws, items, count = stream(split_seed(task, seed, split)), [], counts[split]
         budget = max_attempts(count)
         attempts = duplicates = 0
         while len(items) < count:
@@ -120,7 +121,7 @@ def draw_unique_splits(task: str, seed: int, counts: dict[str, int],
                     f"({duplicates} duplicates, {attempts - len(items) - duplicates} rejected); ask for fewer "
                     "examples or a larger problem size")
             attempts += 1
-            result = draw(rng)
+            result = next(draws)
             if result is None:
                 continue
             key, item = result
@@ -212,13 +213,15 @@ class DPTask(Task):
         steps = problem.cot if self.options["format"] == "cot" else []
         return lm_example_columns(problem.prompt, self.vocab[self.separator], steps, problem.answer)
 
-    def _generate(self, seed: int) -> dict[str, _cache.Columns]:
-        def draw(rng: random.Random) -> tuple[Hashable, DPProblem]:
+    def _stream(self, seed: int) -> Iterator[tuple[Hashable, DPProblem]]:
+        rng = random.Random(seed)
+        while True:
             problem = self.sample(rng)
-            return tuple(problem.prompt), problem
+            yield tuple(problem.prompt), problem
 
+    def _generate(self, seed: int) -> dict[str, _cache.Columns]:
         counts = {split: self.options[option] for split, option in SPLIT_SIZE_OPTIONS.items()}
-        problems = draw_unique_splits(self.name, seed, counts, draw, lambda n: 20 * n + 1000)
+        problems = draw_unique_splits(self.name, seed, counts, self._stream, lambda n: 20 * n + 1000)
         splits: dict[str, _cache.Columns] = {}
         for split, items in problems.items():
             encoded = [self.encode_problem(problem) for problem in items]

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -63,9 +63,12 @@ VOCAB = WordVocab(["<pad>", *(str(d) for d in range(10)), *OPERATORS, "]", "(", 
 VOCAB_SIZE = VOCAB.vocab_size
 OPERATOR_PROBABILITY = 0.25
 _LPAREN = bytes([LPAREN_ID])
+_OPERATOR_ARRAY = np.array(OPERATOR_IDS, dtype=np.uint8)
+#: Roots drawn per vectorised batch (fixed: the data depend on it).
+BATCH_ROOTS = 2048
 
 #: Generator version: part of the cache key; bump it whenever the generated data would change.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 PRESETS: dict[str, dict[str, Any]] = {
     "lra": {"min_length": 500, "max_length": 2000, "num_train": 96_000, "num_validation": 2_000,
@@ -82,7 +85,8 @@ class _TooLong(Exception):
 
 def sample_tree(rng: random.Random, max_depth: int, max_args: int, max_length: int,
                 parens: bool = False) -> tuple[bytes, int, int] | None:
-    """Draw one tree as LRA does; None when it reaches ``max_length`` tokens.
+    """Draw one tree as LRA does, recursively (the readable reference of :func:`sample_forest`, which the
+    task uses); None when it reaches ``max_length`` tokens.
 
     Returns ``(token ids as bytes, tree length, value)``; with ``parens`` the ids are in the LRA parenthesised
     form (the tree length still counts operator, digit and ``]`` tokens only).
@@ -132,6 +136,97 @@ def sample_tree(rng: random.Random, max_depth: int, max_args: int, max_length: i
     except _TooLong:
         return None
     return bytes(out), length, value
+
+
+def sample_forest(rng: np.random.Generator, num_roots: int, max_depth: int, max_args: int, min_length: int,
+                  max_length: int, parens: bool = False) -> list[tuple[bytes, int] | None]:
+    """Draw ``num_roots`` trees at once, level by level with numpy; the same distribution as :func:`sample_tree`.
+
+    Each level holds the nodes of one depth of every tree, children grouped by parent in order. A tree is
+    dropped as soon as its decided tokens plus one per pending child reach ``max_length``. Accepted trees
+    (``min_length < length < max_length``) are valued bottom-up with segment reductions over their children and
+    written top-down from each node's offset (in ``parens`` form every position not written is a ``(``).
+
+    Returns, per root, ``(token ids as bytes, value)`` or None (rejected).
+    """
+    levels = []  # per depth: (tree of each node (n,), is_op (n,), arity (ops,), operator (ops,), digit (n - ops,))
+    tree = np.arange(num_roots)
+    alive = np.ones(num_roots, dtype=bool)
+    length = np.zeros(num_roots, dtype=np.int64)
+    for depth in range(1, max_depth + 1):
+        if tree.size == 0:
+            break
+        leaves_only = depth == max_depth  # the deepest level holds digits only
+        is_op = np.zeros(tree.size, dtype=bool) if leaves_only else rng.random(tree.size) <= OPERATOR_PROBABILITY
+        num_ops = int(is_op.sum())
+        arity = rng.integers(2, max_args + 1, size=num_ops)
+        operator = rng.integers(0, 4, size=num_ops)
+        digit = rng.integers(0, 10, size=tree.size - num_ops)
+        op_tree = tree[is_op]
+        length += np.bincount(tree, minlength=num_roots) + np.bincount(op_tree, minlength=num_roots)
+        pending = np.bincount(op_tree, weights=arity, minlength=num_roots).astype(np.int64)
+        alive &= length + pending < max_length
+        levels.append((tree, is_op, arity, operator, digit))
+        grow = alive[op_tree]
+        tree = np.repeat(op_tree[grow], arity[grow])
+    accepted = alive & (length > min_length)
+    results: list[tuple[bytes, int] | None] = [None] * num_roots
+    if not accepted.any():
+        return results
+
+    kept = []  # the levels restricted to accepted trees: (is_op, arity, operator, digit)
+    for tree, is_op, arity, operator, digit in levels:
+        keep = accepted[tree]
+        if not keep.any():
+            break
+        kept.append((is_op[keep], arity[keep[is_op]], operator[keep[is_op]], digit[keep[~is_op]]))
+
+    # Bottom-up: value and size (tokens in the output form) of every node.
+    values: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(kept)
+    sizes: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(kept)
+    for d in range(len(kept) - 1, -1, -1):
+        is_op, arity, operator, digit = kept[d]
+        value = np.empty(is_op.size, dtype=np.int64)
+        size = np.ones(is_op.size, dtype=np.int64)
+        value[~is_op] = digit
+        if arity.size:
+            child_values, child_sizes = values[d + 1], sizes[d + 1]
+            starts = np.cumsum(arity) - arity
+            segment = np.repeat(np.arange(arity.size), arity)
+            ordered = np.sort(segment * 10 + child_values) % 10  # children sorted within each segment
+            middle = starts + arity // 2
+            median = np.where(arity % 2 == 1, ordered[middle], (ordered[middle - 1] + ordered[middle]) // 2)
+            candidates = (np.minimum.reduceat(child_values, starts), np.maximum.reduceat(child_values, starts),
+                          median, np.add.reduceat(child_values, starts) % 10)
+            value[is_op] = np.choose(operator, candidates)
+            size[is_op] = 2 + np.add.reduceat(child_sizes, starts) + (2 * (arity + 1) if parens else 0)
+        values[d], sizes[d] = value, size
+
+    # Top-down: every node's start in the output, then its tokens.
+    out = np.full(int(sizes[0].sum()), LPAREN_ID if parens else 0, dtype=np.uint8)
+    root_start = np.cumsum(sizes[0]) - sizes[0]
+    start = root_start
+    for d, (is_op, arity, operator, digit) in enumerate(kept):
+        out[start[~is_op]] = digit + 1
+        if not arity.size:
+            break
+        op_start, op_size = start[is_op], sizes[d][is_op]
+        head = arity + 2 if parens else 1  # tokens before the first child: "(" * (arity + 1) and the operator
+        out[op_start + head - 1] = _OPERATOR_ARRAY[operator]
+        out[op_start + op_size - (2 if parens else 1)] = CLOSE_ID
+        step = sizes[d + 1] + (1 if parens else 0)  # a child and, in parens form, its ")"
+        before = np.cumsum(step) - step
+        first = np.cumsum(arity) - arity
+        child_start = np.repeat(op_start + head, arity) + before - np.repeat(before[first], arity)
+        if parens:
+            out[op_start + op_size - 1] = RPAREN_ID
+            out[child_start + sizes[d + 1]] = RPAREN_ID
+        start = child_start
+    data = out.tobytes()
+    for i, root in enumerate(np.flatnonzero(accepted).tolist()):
+        begin = int(root_start[i])
+        results[root] = (data[begin:begin + int(sizes[0][i])], int(values[0][i]))
+    return results
 
 
 def max_tree_length(max_depth: int, max_args: int) -> int:
@@ -231,19 +326,18 @@ class ListOpsTask(Task):
             raise ValueError(f"{name}: min_length={o['min_length']} but trees with max_depth={o['max_depth']}, "
                              f"max_args={o['max_args']} have at most {largest} tokens")
 
-    def _generate(self, seed: int) -> dict[str, _cache.Columns]:
+    def _stream(self, seed: int) -> Iterator[tuple[Hashable, tuple[bytes, int]] | None]:
         o = self.options
-        parens = o["format"] == "lra"
+        rng = np.random.default_rng(seed)
+        while True:
+            for tree in sample_forest(rng, BATCH_ROOTS, o["max_depth"], o["max_args"], o["min_length"],
+                                      o["max_length"], o["format"] == "lra"):
+                yield None if tree is None else (tree[0], tree)
 
-        def draw(rng: random.Random) -> tuple[Hashable, tuple[bytes, int]] | None:
-            tree = sample_tree(rng, o["max_depth"], o["max_args"], o["max_length"], parens)
-            if tree is None or tree[1] <= o["min_length"]:
-                return None
-            return tree[0], (tree[0], tree[2])
-
-        counts = {split: o[option] for split, option in SPLIT_SIZE_OPTIONS.items()}
+    def _generate(self, seed: int) -> dict[str, _cache.Columns]:
+        counts = {split: self.options[option] for split, option in SPLIT_SIZE_OPTIONS.items()}
         # Rejections dominate (75 % of roots are digits); 2000 draws per kept tree covers every preset with margin.
-        trees = draw_unique_splits(self.name, seed, counts, draw, lambda n: 2000 * n + 100_000)
+        trees = draw_unique_splits(self.name, seed, counts, self._stream, lambda n: 2000 * n + 100_000)
         return {split: {"ids": [t[0] for t in items], "label": [t[1] for t in items]}
                 for split, items in trees.items()}
 
