@@ -45,6 +45,10 @@ class SubwordTokenizer:
         """Subword ids of ``text`` (no BOS / EOS)."""
         return list(self._sp.encode(text))
 
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Subword ids of each text (no BOS / EOS)."""
+        return [list(x) for x in self._sp.encode(list(texts))] if texts else []
+
     def decode(self, ids: Sequence[int]) -> str:
         """Detokenized text: padding and a leading BOS are dropped, decoding stops at the first EOS."""
         out: list[int] = []
