@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from transevolve.data.cache import data_dir
+from transevolve.data.cache import atomic_write_bytes, data_dir
 from transevolve.tasks.base import PAD_ID, Example, ExampleDataset
 
 SPLITS = ("train", "validation", "test")
@@ -202,18 +200,6 @@ def image_splits(pixels: np.ndarray, labels: np.ndarray, split_indices: dict[str
 def processed_dir(task: str) -> Path:
     """``data_dir()/processed/TASK``: derived corpora and tokenizers (safe to delete; rebuilt on demand)."""
     return data_dir() / "processed" / task
-
-
-def atomic_write_bytes(path: Path, blob: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cached_json(path: Path, build: Callable[[], Any]) -> tuple[Any, str]:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from transevolve.data.datasets import atomic_write_bytes
+from transevolve.data.cache import atomic_write_bytes
 from transevolve.data.errors import DataCorruptError
 from transevolve.tasks.base import BOS_ID, EOS_ID, PAD_ID
 

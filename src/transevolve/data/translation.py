@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from transevolve.data import datasets as ds
-from transevolve.data.subword import cached_subword
+from transevolve.data import subword as sw
 from transevolve.tasks.base import BOS_ID, EOS_ID, Example, ExampleDataset, TaskData
 
 Pair = tuple[str, str, str]  # (document, source, target)
@@ -86,7 +86,7 @@ def build_translation(name: str, corpus: Sequence[Pair], corpus_sha256: str, *, 
                           "max_train_pairs": max_train_pairs, "variant": variant}, sort_keys=True)
     key = hashlib.sha256(options.encode()).hexdigest()[:16]
     texts = [text for pair in pairs["train"] for text in pair]
-    tokenizer = cached_subword(ds.processed_dir(name) / f"spm-{key}.model", texts, vocab_size)
+    tokenizer = sw.cached_subword(ds.processed_dir(name) / f"spm-{key}.model", texts, vocab_size)
     splits: dict[str, ExampleDataset] = {}
     dropped: dict[str, int] = {}
     for split in ds.SPLITS:

@@ -26,9 +26,9 @@ from __future__ import annotations
 from typing import Any
 
 from transevolve.data import datasets as ds
+from transevolve.data import translation as tr
 from transevolve.data.packages import content_key, package_files, require
 from transevolve.data.readers import align_help_pages
-from transevolve.data.translation import build_translation
 from transevolve.tasks.base import Task, TaskData, register_task
 
 EN_DIR = "usr/share/libreoffice/help/en-US/text/"
@@ -91,7 +91,7 @@ class TranslateDe(Task):
         corpus = [(page, en, de) for page, _, en, de in rows]
         info: dict[str, Any] = {"source": ds.source_info(self.data_packages), "direction": "en-de",
                                 "pages": len({r[0] for r in rows}), "licence": "MPL-2.0 (LibreOffice help)"}
-        return build_translation(self.name, corpus, digest, seed=seed,
+        return tr.build_translation(self.name, corpus, digest, seed=seed,
                                  fractions={"validation": self.validation_fraction, "test": self.test_fraction},
                                  vocab_size=self.vocab_size, max_length=self.max_length,
                                  max_train_pairs=self.max_train_pairs, max_eval_pairs=self.max_eval_pairs, info=info)

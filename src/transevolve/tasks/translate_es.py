@@ -19,9 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 from transevolve.data import datasets as ds
+from transevolve.data import translation as tr
 from transevolve.data.packages import content_key, package_dir, require, verify_package
 from transevolve.data.readers import sword_verses
-from transevolve.data.translation import build_translation
 from transevolve.tasks.base import Task, TaskData, register_task
 
 SWORD_ROOT = "usr/share/sword"
@@ -85,7 +85,7 @@ class TranslateEs(Task):
         info: dict[str, Any] = {"source": ds.source_info(self.data_packages), "direction": self.direction,
                                 "verses_aligned": len(rows), "ratio_dropped": len(rows) - len(kept),
                                 "books": len({r[0] for r in kept}), "licence": "public domain"}
-        return build_translation(self.name, corpus, digest, seed=seed, variant=self.direction,
+        return tr.build_translation(self.name, corpus, digest, seed=seed, variant=self.direction,
                                  fractions={"validation": self.validation_fraction, "test": self.test_fraction},
                                  vocab_size=self.vocab_size, max_length=self.max_length,
                                  max_train_pairs=self.max_train_pairs, max_eval_pairs=self.max_eval_pairs, info=info)
