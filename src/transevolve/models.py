@@ -10,12 +10,18 @@ standard softmax attention, and nothing else changes, so comparisons differ only
   block, as in the official code.
 - Stack: ``N`` blocks.
 
-Legend: ``b`` batch, ``s`` source length, ``n`` target / sequence length, ``d`` width, ``V`` vocabulary,
-``C`` classes.
+Incremental decoding (``decode_step`` of the decoder models, driven by :mod:`transevolve.decoding`) runs the
+same layers on new positions only, with a :class:`DecodeCache` holding per block the projected keys and ``kappa``
+(evolved) and per layer the key biases and normalised values (evolved) or keys and values (softmax); the
+cross-attention terms are computed once per source.
+
+Legend: ``b`` batch, ``s`` source length, ``n`` target / sequence length, ``m`` new positions, ``d`` width,
+``V`` vocabulary, ``C`` classes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +29,16 @@ from torch import nn
 
 from transevolve.config import ModelConfig
 from transevolve.modules.embedding import TiedEmbedding
-from transevolve.modules.evolved_attention import BlockInteraction, BlockScores, EvolvedAttention
+from transevolve.modules.evolved_attention import (
+    BlockInteraction,
+    BlockScores,
+    EvolvedAttention,
+    FastScores,
+    append_cache,
+    fully_blocked_rows,
+    resolve_impl,
+    visible_keys,
+)
 from transevolve.modules.feedforward import build_feed_forward, dense
 from transevolve.modules.masks import AttentionMasks, padding, validate_ids
 from transevolve.modules.softmax_attention import SoftmaxAttention
@@ -59,6 +74,67 @@ class Intermediates:
     pooled: torch.Tensor | None = None
 
 
+class DecodeCache:
+    """State of incremental decoding for one batch of sequences (every tensor is batch-first).
+
+    Attributes:
+        length: positions processed so far.
+        key_pad: ``(b, length)`` bool, padded positions among them (e.g. after a sequence finished).
+        store: cached tensors by module path: per block ``keys (b, h, n, D/h)`` (evolved, self and cross), per
+            layer ``bias (b, h, n)`` and ``values (b, h, n, d/h)`` (evolved) or ``keys``/``values`` (softmax).
+    """
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.key_pad: torch.Tensor | None = None
+        self.store: dict[str, torch.Tensor] = {}
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows ``index`` (in that order) of every cached tensor (beam search)."""
+        self.store = {name: tensor.index_select(0, index) for name, tensor in self.store.items()}
+        if self.key_pad is not None:
+            self.key_pad = self.key_pad.index_select(0, index)
+
+    def extend(self, query_pad: torch.Tensor) -> torch.Tensor:
+        """Record ``m`` new positions (``query_pad (b, m)``); returns the padding of every position so far."""
+        self.key_pad = query_pad if self.key_pad is None else torch.cat([self.key_pad, query_pad], dim=1)
+        self.length += query_pad.shape[1]
+        return self.key_pad
+
+
+@dataclass
+class StepMasks:
+    """Masks of ``m`` new query positions against ``k`` keys during incremental decoding.
+
+    Attributes:
+        visible: ``(b, 1, m, k)`` bool, not padding and (causal) not in the future.
+        blocked_rows: ``(b, 1, m, 1)`` bool, rows the official mask blocks entirely (evolved: uniform).
+    """
+
+    visible: torch.Tensor
+    blocked_rows: torch.Tensor
+
+    @classmethod
+    def build(cls, query_pad: torch.Tensor, key_pad: torch.Tensor, causal: bool) -> StepMasks:
+        visible = visible_keys(key_pad, query_pad.shape[1], causal)
+        visible = visible.expand(-1, -1, query_pad.shape[1], -1)
+        return cls(visible, fully_blocked_rows(query_pad, key_pad, causal)[:, None, :, None])
+
+    @property
+    def allowed(self) -> torch.Tensor:
+        """Softmax attention's rule: visible keys, or every key for a row that sees none."""
+        return self.visible | ~self.visible.any(-1, keepdim=True)
+
+
+@dataclass
+class StepScores:
+    """Block-level evolved scores of ``m`` new queries: ``initial`` ``A0 (b, h, m, k)`` against every key so far,
+    ``new_key_time`` ``kappa (b, h, j, t)`` of the keys added by this call (None when nothing was added)."""
+
+    initial: torch.Tensor
+    new_key_time: torch.Tensor | None
+
+
 def _attention(config: ModelConfig, depth: int, cross: bool) -> nn.Module:
     if config.attention == "evolved":
         return EvolvedAttention(config, depth)
@@ -75,8 +151,8 @@ class Layer(nn.Module):
         self.feed_forward = build_feed_forward(config, depth, generator)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None, self_masks: AttentionMasks,
-                cross_masks: AttentionMasks | None, self_scores: BlockScores | None,
-                cross_scores: BlockScores | None, trace: StackTrace | None) -> torch.Tensor:
+                cross_masks: AttentionMasks | None, self_scores: BlockScores | FastScores | None,
+                cross_scores: BlockScores | FastScores | None, trace: StackTrace | None) -> torch.Tensor:
         """``x (b, n, d)``, ``memory (b, s, d)`` or None -> ``(b, n, d)``."""
         record = trace is not None
         update, weights = self.self_attention(x, x, self_masks, self_scores, return_weights=record)
@@ -94,6 +170,28 @@ class Layer(nn.Module):
             trace.layer_outputs.append(x)
         return x
 
+    def step(self, x: torch.Tensor, memory: torch.Tensor | None, store: dict[str, torch.Tensor], prefix: str,
+             self_masks: StepMasks, cross_masks: StepMasks | None, self_scores: StepScores | None,
+             cross_scores: StepScores | None) -> torch.Tensor:
+        """Incremental decoding: ``x (b, m, d)`` new positions -> ``(b, m, d)``, growing the cache."""
+        if isinstance(self.self_attention, EvolvedAttention):
+            assert self_scores is not None
+            x = x + self.self_attention.step(self_scores.initial, self_scores.new_key_time, x, store,
+                                             prefix + "self.", self_masks.visible, self_masks.blocked_rows)
+        else:
+            x = x + self.self_attention.step(x, store, prefix + "self.", self_masks.allowed)
+        if self.cross_attention is not None:
+            assert memory is not None and cross_masks is not None
+            if isinstance(self.cross_attention, EvolvedAttention):
+                assert cross_scores is not None
+                new_values = memory if cross_scores.new_key_time is not None else None
+                x = x + self.cross_attention.step(cross_scores.initial, cross_scores.new_key_time, new_values,
+                                                  store, prefix + "cross.", cross_masks.visible,
+                                                  cross_masks.blocked_rows)
+            else:
+                x = x + self.cross_attention.step(x, store, prefix + "cross.", cross_masks.allowed, memory)
+        return x + self.feed_forward(x)
+
 
 class Block(nn.Module):
     """``L`` layers sharing one block-level interaction (evolved attention), then a LayerNorm."""
@@ -106,15 +204,28 @@ class Block(nn.Module):
         self.layers = nn.ModuleList(Layer(config, depth, cross, generator)
                                     for depth in range(config.layers_per_block))
         self.final_norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
+        self.attention_impl = config.attention_impl
+        self.num_heads = config.num_heads
+
+    def _scores(self, interaction: BlockInteraction, query_source: torch.Tensor, key_source: torch.Tensor,
+                masks: AttentionMasks, need_weights: bool) -> BlockScores | FastScores:
+        b, n_q, _ = query_source.shape
+        impl = resolve_impl(self.attention_impl, b, self.num_heads, n_q, key_source.shape[1],
+                            query_source.element_size(), need_weights)
+        if impl == "reference":
+            return interaction(query_source, key_source)
+        return interaction(query_source, key_source, masks, impl)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None, self_masks: AttentionMasks,
                 cross_masks: AttentionMasks | None, trace: StackTrace | None = None) -> torch.Tensor:
-        self_scores = self.self_interaction(x, x) if self.self_interaction is not None else None
-        cross_scores = None
+        record = trace is not None
+        self_scores = cross_scores = None
+        if self.self_interaction is not None:
+            self_scores = self._scores(self.self_interaction, x, x, self_masks, record)
         if self.cross_interaction is not None:
-            assert memory is not None
-            cross_scores = self.cross_interaction(x, memory)
-        if trace is not None and self_scores is not None:
+            assert memory is not None and cross_masks is not None
+            cross_scores = self._scores(self.cross_interaction, x, memory, cross_masks, record)
+        if trace is not None and isinstance(self_scores, BlockScores):
             trace.block_scores.append(self_scores)
         for layer in self.layers:
             x = layer(x, memory, self_masks, cross_masks, self_scores, cross_scores, trace)
@@ -122,6 +233,31 @@ class Block(nn.Module):
         if trace is not None:
             trace.block_outputs.append(x)
         return x
+
+    def step(self, x: torch.Tensor, memory: torch.Tensor | None, store: dict[str, torch.Tensor], prefix: str,
+             self_masks: StepMasks, cross_masks: StepMasks | None) -> torch.Tensor:
+        """Incremental decoding of ``x (b, m, d)`` (the block input at the new positions) -> ``(b, m, d)``.
+
+        Evolved attention: the new positions' queries meet the cached keys of every earlier block input; the
+        cross-attention keys and ``kappa`` are projected from the memory on the first call only.
+        """
+        self_scores = cross_scores = None
+        if self.self_interaction is not None:
+            queries = self.self_interaction.project_queries(x)
+            keys, key_time = self.self_interaction.project_keys(x)
+            keys = append_cache(store, prefix + "self.keys", keys, dim=2)
+            self_scores = StepScores(queries @ keys.transpose(-1, -2), key_time)
+        if self.cross_interaction is not None:
+            assert memory is not None
+            queries = self.cross_interaction.project_queries(x)
+            key_time = None
+            if prefix + "cross.keys" not in store:
+                store[prefix + "cross.keys"], key_time = self.cross_interaction.project_keys(memory)
+            cross_scores = StepScores(queries @ store[prefix + "cross.keys"].transpose(-1, -2), key_time)
+        for index, layer in enumerate(self.layers):
+            x = layer.step(x, memory, store, f"{prefix}layers.{index}.", self_masks, cross_masks, self_scores,
+                           cross_scores)
+        return self.final_norm(x)
 
 
 class Stack(nn.Module):
@@ -136,6 +272,13 @@ class Stack(nn.Module):
         """``x (b, n, d)`` -> ``(b, n, d)``."""
         for block in self.blocks:
             x = block(x, memory, self_masks, cross_masks, trace)
+        return x
+
+    def step(self, x: torch.Tensor, store: dict[str, torch.Tensor], prefix: str, self_masks: StepMasks,
+             memory: torch.Tensor | None = None, cross_masks: StepMasks | None = None) -> torch.Tensor:
+        """Incremental decoding: ``x (b, m, d)`` new positions -> ``(b, m, d)``."""
+        for index, block in enumerate(self.blocks):
+            x = block.step(x, memory, store, f"{prefix}{index}.", self_masks, cross_masks)
         return x
 
 
@@ -153,6 +296,16 @@ class _Model(nn.Module):
     def _check(self, ids: object, name: str) -> torch.Tensor:
         ids = validate_ids(ids, self.config, name)
         return ids.to(self.embedding.weight.device)
+
+    def _embed_step(self, ids: torch.Tensor, cache: DecodeCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed ``ids (b, m)`` at positions ``cache.length ...``; returns ``(b, m, d)`` and their padding."""
+        offset, m = cache.length, ids.shape[1]
+        if offset + m > self.config.max_length:
+            raise ValueError(f"decoding past max_length={self.config.max_length} (position {offset + m - 1})")
+        embedding = self.embedding
+        tokens = embedding.weight[ids] * (ids != 0).unsqueeze(-1).to(embedding.weight.dtype)
+        x = tokens * math.sqrt(embedding.width) + embedding.positions[offset: offset + m]
+        return x, padding(ids)
 
 
 class EncoderModel(_Model):
@@ -259,6 +412,21 @@ class EncoderDecoderModel(_Model):
                               cross_masks=AttentionMasks(tgt_pad, src_pad, causal=False), trace=trace)
         return self.embedding.logits(hidden)
 
+    def decode_step(self, tgt: torch.Tensor, memory: torch.Tensor, src: torch.Tensor, cache: DecodeCache
+                    ) -> torch.Tensor:
+        """Incremental :meth:`decode`: ``tgt (b, m)`` the next ``m`` target ids -> their logits ``(b, m, V)``.
+
+        Equals the last ``m`` positions of ``decode(all ids so far, memory, src)`` (within float rounding),
+        except at padded target positions, whose official uniform attention would include future keys.
+        """
+        tgt = self._check(tgt, "tgt")
+        x, query_pad = self._embed_step(tgt, cache)
+        key_pad = cache.extend(query_pad)
+        self_masks = StepMasks.build(query_pad, key_pad, causal=True)
+        cross_masks = StepMasks.build(query_pad, padding(src.to(tgt.device)), causal=False)
+        hidden = self.decoder.step(x, cache.store, "decoder.", self_masks, memory, cross_masks)
+        return self.embedding.logits(hidden)
+
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, return_intermediates: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, Intermediates]:
         intermediates = Intermediates() if return_intermediates else None
@@ -288,6 +456,14 @@ class DecoderModel(_Model):
             trace = intermediates.decoder = StackTrace()
         logits = self.embedding.logits(self.decoder(x, AttentionMasks(pad, pad, causal=True), trace=trace))
         return (logits, intermediates) if intermediates is not None else logits
+
+    def decode_step(self, ids: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
+        """Incremental :meth:`forward`: ``ids (b, m)`` the next ``m`` ids -> their logits ``(b, m, V)``."""
+        ids = self._check(ids, "ids")
+        x, query_pad = self._embed_step(ids, cache)
+        key_pad = cache.extend(query_pad)
+        hidden = self.decoder.step(x, cache.store, "decoder.", StepMasks.build(query_pad, key_pad, causal=True))
+        return self.embedding.logits(hidden)
 
 
 MODEL_CLASSES: dict[str, type[_Model]] = {

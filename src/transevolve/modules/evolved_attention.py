@@ -23,19 +23,36 @@ At depth ``l`` (:class:`EvolvedAttention`, ``Layer2``), with its own amplitudes 
 ``rho`` is constant along keys and ``gamma`` along both axes, so the softmax removes them: only ``A0`` and the
 per-key bias ``kappa.tau_l`` shape the attention, and ``W_K``'s time part never matters. ``fidelity="lean"``
 drops those terms and parameters; ``"official"`` keeps them.
+
+Execution paths (``ModelConfig.attention_impl``; all compute the same function up to float rounding):
+
+- ``reference``: the formulas above, one ``(b, h, q, k)`` logits tensor and softmax per layer (kept as the
+  readable baseline, and used whenever attention weights or block scores are requested).
+- ``factorised``: ``softmax_k(A0 + beta) V = E (w * V) / (E w)`` with ``E = exp(A0 - max_k A0)`` (masked entries 0)
+  computed once per block and ``w = exp(beta - max beta)`` per layer, so a layer costs one batched matmul of
+  ``E`` with ``[w * V, w]`` and no n x n exponentials. Rows whose denominator ``E w`` would underflow (logits
+  spread over more than ~70 nats in opposite directions) are recomputed exactly.
+- ``low_memory``: ``A0 + beta = [q / sqrt(D/h); 1] . [k; beta]``, so the key bias is folded into augmented
+  queries/keys of a fused ``scaled_dot_product_attention`` (values zero-padded to the same width, as the fused
+  CPU kernel needs equal widths) and no n x n tensor is ever stored.
+
+Fully blocked query rows (official masks: padded queries, or no visible key) attend uniformly to every key, as
+the official ``-1e9`` mask makes them do in float32; the fast paths write that mean of the values directly.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from transevolve.config import ModelConfig
 from transevolve.modules.feedforward import glorot_uniform_
-from transevolve.modules.masks import AttentionMasks
+from transevolve.modules.masks import BLOCKED_SCORE, AttentionMasks
 
 
 @dataclass
@@ -53,6 +70,183 @@ class BlockScores:
     key_time: torch.Tensor
     query_time: torch.Tensor | None = None
     time_time: torch.Tensor | None = None
+
+
+Impl = Literal["reference", "factorised", "low_memory"]
+
+#: ``attention_impl="auto"`` uses ``factorised`` while one block's kernel ``E`` (b, h, q, k) stays within this many
+#: bytes, ``low_memory`` beyond.
+AUTO_KERNEL_BYTES = 512 * 2**20
+
+
+def resolve_impl(impl: str, batch: int, heads: int, n_q: int, n_k: int, element_size: int = 4,
+                 need_weights: bool = False) -> Impl:
+    """The concrete path for a configured ``attention_impl``: ``reference`` whenever weights or block scores
+    are needed, ``auto`` by the size of the factorised kernel."""
+    if need_weights or impl == "reference":
+        return "reference"
+    if impl == "auto":
+        return "factorised" if batch * heads * n_q * n_k * element_size <= AUTO_KERNEL_BYTES else "low_memory"
+    if impl not in ("factorised", "low_memory"):
+        raise ValueError(f"unknown attention_impl {impl!r}")
+    return impl  # type: ignore[return-value]
+
+
+def visible_keys(key_pad: torch.Tensor, n_q: int, causal: bool) -> torch.Tensor:
+    """``(b, 1, q or 1, k)`` bool: key j is visible to query i (not padding, and ``j <= i + k - q`` if causal).
+
+    Queries are the last ``q`` of the ``k`` positions (``q == k`` in a full pass, fewer while decoding).
+    """
+    visible = ~key_pad[:, None, None, :]
+    if causal:
+        n_k = key_pad.shape[1]
+        rows = torch.arange(n_k - n_q, n_k, device=key_pad.device)
+        visible = visible & (torch.arange(n_k, device=key_pad.device)[None, :] <= rows[:, None])
+    return visible
+
+
+def fully_blocked_rows(query_pad: torch.Tensor, key_pad: torch.Tensor, causal: bool) -> torch.Tensor:
+    """``(b, q)`` bool: rows the official mask blocks entirely (padded query, or no visible key).
+
+    The official ``-1e9`` mask makes such a row attend uniformly to every key (pads and future keys included).
+    """
+    real = ~key_pad
+    offset = key_pad.shape[1] - query_pad.shape[1]
+    seen = real.cumsum(-1)[:, offset:] > 0 if causal else real.any(-1, keepdim=True)
+    return query_pad | ~seen
+
+
+def _finite_or_zero(peak: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+
+
+def _underflow_floor(dtype: torch.dtype) -> float:
+    """Denominators below this lose precision (float32: ~1e-30, far above the subnormal range)."""
+    return torch.finfo(dtype).tiny * 2.0**24
+
+
+@dataclass
+class FastScores:
+    """Block-level state of the fast paths (``factorised`` or ``low_memory``); the inert terms are skipped.
+
+    Attributes:
+        impl: ``factorised`` or ``low_memory``.
+        queries: ``Q`` heads scaled by ``1/sqrt(D/h)``, ``(b, h, q, D/h)``.
+        keys: ``K`` heads, ``(b, h, k, D/h)``.
+        key_time: ``kappa``, ``(b, h, k, t)``.
+        key_pad: ``(b, k)`` bool, padded keys.
+        visible: ``(b, 1, q or 1, k)`` bool, keys each query may see (padding, causality).
+        blocked_rows: ``(b, 1, q, 1)`` bool, fully blocked rows (uniform over every key).
+        any_blocked: whether ``blocked_rows`` has any True entry.
+        causal: causal self-attention.
+        kernel: factorised only: ``E = exp(A0 - max)`` with invisible entries 0, ``(b, h, q, k)``.
+        augmented_queries: low_memory only: ``[queries, 1]``, ``(b, h, q, D/h + 1)``.
+    """
+
+    impl: Impl
+    queries: torch.Tensor
+    keys: torch.Tensor
+    key_time: torch.Tensor
+    key_pad: torch.Tensor
+    visible: torch.Tensor
+    blocked_rows: torch.Tensor
+    any_blocked: bool
+    causal: bool
+    kernel: torch.Tensor | None = None
+    augmented_queries: torch.Tensor | None = None
+
+
+def factorised_kernel(queries: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """``E = exp(A0 - max_visible A0)`` with invisible entries 0: ``(b, h, q, k)``, every entry in [0, 1].
+
+    The row maximum is a constant per row, so it is detached: the attention does not depend on it.
+    """
+    scores = (queries @ keys.transpose(-1, -2)).masked_fill_(~visible, float("-inf"))
+    peak = _finite_or_zero(scores.detach().amax(-1, keepdim=True))
+    return scores.sub_(peak).exp_()
+
+
+def exact_attention(queries: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor, visible: torch.Tensor,
+                    values: torch.Tensor | None = None) -> torch.Tensor:
+    """Direct masked softmax: ``softmax(q k^T + bias, invisible -> -inf)`` (then ``@ values`` if given).
+
+    ``queries (..., q, c)``, ``keys (..., k, c)``, ``bias (..., k)``, ``visible`` broadcastable to ``(..., q, k)``.
+    Rows without a visible key come out uniform (the callers replace them anyway).
+    """
+    logits = (queries @ keys.transpose(-1, -2) + bias.unsqueeze(-2)).masked_fill(~visible, float("-inf"))
+    none_visible = ~visible.any(-1, keepdim=True)
+    weights = torch.softmax(logits.masked_fill(none_visible, 0.0), dim=-1)
+    return weights if values is None else weights @ values
+
+
+def _rescue_rows(mixed: torch.Tensor, rows: torch.Tensor, block: FastScores, bias: torch.Tensor,
+                 values: torch.Tensor) -> torch.Tensor:
+    """Recompute ``rows (b, h, q, 1)`` of ``mixed (b, h, q, v)`` with :func:`exact_attention`, head by head."""
+    b, h, n_q, width = mixed.shape
+    n_k = values.shape[2]
+    flat_rows = rows.reshape(b * h, n_q)
+    index = flat_rows.any(-1).nonzero().squeeze(-1)
+
+    def pick(tensor: torch.Tensor, *shape: int) -> torch.Tensor:
+        return tensor.reshape(b * h, *shape).index_select(0, index)
+
+    visible = block.visible.expand(b, h, n_q, n_k)
+    exact = exact_attention(pick(block.queries, n_q, -1), pick(block.keys, n_k, -1), pick(bias, n_k),
+                            pick(visible, n_q, n_k), pick(values, n_k, width))
+    flat = mixed.reshape(b * h, n_q, width)
+    patched = torch.where(flat_rows.index_select(0, index).unsqueeze(-1), exact, flat.index_select(0, index))
+    return flat.index_copy(0, index, patched).view(b, h, n_q, width)
+
+
+def factorised_attention(block: FastScores, bias: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``softmax(A0 + bias) V = E (w * V) / (E w)``: one matmul with ``[w * V, w]``. ``bias (b, h, k)``,
+    ``values (b, h, k, v)`` -> ``(b, h, q, v)``. Rows whose denominator underflows are recomputed exactly."""
+    assert block.kernel is not None
+    masked = bias.masked_fill(block.key_pad[:, None, :], float("-inf"))
+    weights = (masked - _finite_or_zero(masked.detach().amax(-1, keepdim=True))).exp().unsqueeze(-1)
+    mixed = block.kernel @ torch.cat([values * weights, weights], dim=-1)          # (b, h, q, v + 1)
+    numerator, denominator = mixed[..., :-1], mixed[..., -1:]
+    small = denominator < _underflow_floor(denominator.dtype)
+    out = numerator / denominator.masked_fill(small, 1.0)
+    rescue = small & ~block.blocked_rows
+    if bool(rescue.any()):
+        out = _rescue_rows(out, rescue, block, bias, values)
+    return out
+
+
+def blocked_row_surrogate(queries: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor, values: torch.Tensor
+                          ) -> torch.Tensor:
+    """Zero-valued ``(b, h, q, v)`` term carrying the reference's gradient at fully blocked rows.
+
+    A fully blocked row's value (the mean of the values) does not depend on its scores ``S``, but autograd
+    through the reference's ``S - 1e9`` gives it the softmax Jacobian at uniform weights:
+    ``dS_ij = (g_i . V_j - mean_j g_i . V_j) / k``. The official code trains with that gradient, so the fast
+    paths add ``(sum_j dS_ij V_j - mean_j(dS_ij) sum_j V_j) / k`` with ``dS = S - stop_gradient(S)`` (exactly 0),
+    expanded through ``S_ij = q_i . k_j + bias_j`` so that no n x n tensor is formed.
+    """
+    n_k = values.shape[2]
+    values, fixed_q, fixed_k = values.detach(), queries.detach(), keys.detach()
+    delta_q, delta_k, delta_b = queries - fixed_q, keys - fixed_k, bias - bias.detach()
+    weighted = (delta_q @ (fixed_k.transpose(-1, -2) @ values) + fixed_q @ (delta_k.transpose(-1, -2) @ values)
+                + (delta_b.unsqueeze(-2) @ values))                                    # sum_j dS_ij V_j
+    row_sum = (delta_q @ fixed_k.sum(-2).unsqueeze(-1) + fixed_q @ delta_k.sum(-2).unsqueeze(-1)
+               + delta_b.sum(-1)[..., None, None])                                    # sum_j dS_ij
+    return (weighted - row_sum * values.sum(-2, keepdim=True) / n_k) / n_k
+
+
+def fused_attention(block: FastScores, bias: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``softmax([q; 1] . [k; bias]) V`` with a fused ``scaled_dot_product_attention``: no n x n tensor.
+
+    Padded keys get a ``-1e9`` bias; values are zero-padded to the query width (the fused CPU kernel needs
+    equal widths). ``bias (b, h, k)``, ``values (b, h, k, v)`` -> ``(b, h, q, v)``.
+    """
+    assert block.augmented_queries is not None
+    width = block.augmented_queries.shape[-1]
+    masked = bias.masked_fill(block.key_pad[:, None, :], BLOCKED_SCORE).unsqueeze(-1)
+    keys = torch.cat([block.keys, masked.to(block.keys.dtype)], dim=-1)
+    padded = F.pad(values, (0, width - values.shape[-1]))
+    out = F.scaled_dot_product_attention(block.augmented_queries, keys, padded, scale=1.0, is_causal=block.causal)
+    return out[..., : values.shape[-1]]
 
 
 class BlockInteraction(nn.Module):
@@ -80,8 +274,14 @@ class BlockInteraction(nn.Module):
             self.register_parameter("key_time", None)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, query_source: torch.Tensor, key_source: torch.Tensor) -> BlockScores:
-        """``query_source (b, q, d)``, ``key_source (b, k, d)`` -> :class:`BlockScores`."""
+    def forward(self, query_source: torch.Tensor, key_source: torch.Tensor, masks: AttentionMasks | None = None,
+                impl: Impl = "reference") -> BlockScores | FastScores:
+        """``query_source (b, q, d)``, ``key_source (b, k, d)`` -> :class:`BlockScores` (``reference``) or
+        :class:`FastScores` (``factorised`` / ``low_memory``, which need the ``masks``)."""
+        if impl != "reference":
+            if masks is None:
+                raise ValueError(f"attention_impl={impl!r} needs the attention masks at block level")
+            return self.fast(query_source, key_source, masks, impl)
         b, n_q, _ = query_source.shape
         n_k = key_source.shape[1]
         h = self.num_heads
@@ -97,6 +297,37 @@ class BlockInteraction(nn.Module):
         query_time = torch.einsum("bqc,cht->bhqt", queries, self.key_time)
         time_time = (self.query_time * self.key_time).sum(0)                    # (h, t)
         return BlockScores(initial, key_time, query_time, time_time)
+
+    def project_queries(self, source: torch.Tensor) -> torch.Tensor:
+        """``(b, q, d)`` -> query heads scaled by ``1/sqrt(D/h)``, ``(b, h, q, D/h)``."""
+        queries = self.dropout(self.query_proj(source))
+        b, n, big = queries.shape
+        head = big // self.num_heads
+        return (queries * (1.0 / math.sqrt(head))).view(b, n, self.num_heads, head).transpose(1, 2)
+
+    def project_keys(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(b, k, d)`` -> key heads ``(b, h, k, D/h)`` and ``kappa (b, h, k, t)``."""
+        keys = self.dropout(self.key_proj(source))
+        b, n, big = keys.shape
+        key_time = torch.einsum("bkc,cht->bhkt", keys, self.query_time)
+        return keys.view(b, n, self.num_heads, big // self.num_heads).transpose(1, 2), key_time
+
+    def fast(self, query_source: torch.Tensor, key_source: torch.Tensor, masks: AttentionMasks,
+             impl: Impl) -> FastScores:
+        """The fast paths' block state (inert query-side and time-time terms skipped)."""
+        queries = self.project_queries(query_source)
+        keys, key_time = self.project_keys(key_source)
+        visible = visible_keys(masks.key_pad, queries.shape[2], masks.causal)
+        blocked = fully_blocked_rows(masks.query_pad, masks.key_pad, masks.causal)
+        block = FastScores(impl, queries, keys, key_time, masks.key_pad, visible, blocked[:, None, :, None],
+                           bool(blocked.any()), masks.causal)
+        if impl == "factorised":
+            block.kernel = factorised_kernel(queries, keys, visible)
+        elif impl == "low_memory":
+            block.augmented_queries = F.pad(queries, (0, 1), value=1.0)
+        else:
+            raise ValueError(f"unknown fast attention_impl {impl!r}")
+        return block
 
 
 def time_signal(amplitudes: torch.Tensor, depth: int, period: float) -> torch.Tensor:
@@ -127,6 +358,11 @@ class EvolvedAttention(nn.Module):
         glorot_uniform_(self.output_proj.weight, d, d)
         self.dropout = nn.Dropout(config.dropout)
 
+    def key_bias(self, key_time: torch.Tensor) -> torch.Tensor:
+        """``beta_l = kappa . tau_l``: ``key_time (b, h, k, t)`` -> ``(b, h, k)``."""
+        tau = time_signal(self.time_amplitudes, self.depth, self.time_period).view(self.num_heads, -1)
+        return torch.einsum("bhkt,ht->bhk", key_time, tau)
+
     def scores(self, block: BlockScores, masks: AttentionMasks) -> torch.Tensor:
         """Masked logits ``S_l`` of shape ``(b, h, q, k)``."""
         tau = time_signal(self.time_amplitudes, self.depth, self.time_period).view(self.num_heads, -1)
@@ -140,17 +376,79 @@ class EvolvedAttention(nn.Module):
         return logits + masks.additive
 
     def forward(self, state: torch.Tensor, values_source: torch.Tensor, masks: AttentionMasks,
-                block: BlockScores | None = None, return_weights: bool = False
+                block: BlockScores | FastScores | None = None, return_weights: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``values_source (b, k, d)`` and the block's scores -> update ``(b, q, d)`` (and weights ``(b, h, q, k)``).
 
         ``state`` (the current query-side state) is not used: TransEvolve's queries enter only through the
-        block-level scores; the argument keeps one interface with :class:`SoftmaxAttention`.
+        block-level scores; the argument keeps one interface with :class:`SoftmaxAttention`. ``block`` is a
+        :class:`BlockScores` (reference path) or a :class:`FastScores` (fast paths).
         """
         if block is None:
             raise ValueError("EvolvedAttention needs the block-level BlockScores of its block")
+        if isinstance(block, FastScores):
+            return self._fast(block, values_source, return_weights)
         weights = torch.softmax(self.scores(block, masks), dim=-1)
         b, n_k, d = values_source.shape
         values = self.value_norm(values_source).view(b, n_k, self.num_heads, -1).transpose(1, 2)
         mixed = (weights @ values).transpose(1, 2).reshape(b, -1, d)                    # (b, q, d)
         return self.dropout(self.output_proj(mixed)), (weights if return_weights else None)
+
+    def _heads(self, values: torch.Tensor) -> torch.Tensor:
+        b, n, d = values.shape
+        return values.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)   # (b, h, n, d/h)
+
+    def _merge(self, mixed: torch.Tensor) -> torch.Tensor:
+        b, h, n, width = mixed.shape
+        return self.dropout(self.output_proj(mixed.transpose(1, 2).reshape(b, n, h * width)))
+
+    def _fast(self, block: FastScores, values_source: torch.Tensor, return_weights: bool
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        values = self._heads(self.value_norm(values_source))                            # (b, h, k, d/h)
+        bias = self.key_bias(block.key_time)                                            # (b, h, k)
+        if block.impl == "factorised":
+            mixed = factorised_attention(block, bias, values)
+        else:
+            mixed = fused_attention(block, bias, values)
+        if block.any_blocked:
+            filler = values.mean(-2, keepdim=True)
+            if torch.is_grad_enabled() and (block.queries.requires_grad or bias.requires_grad):
+                filler = filler + blocked_row_surrogate(block.queries, block.keys, bias, values)
+            mixed = torch.where(block.blocked_rows, filler, mixed)
+        weights = None
+        if return_weights:
+            weights = exact_attention(block.queries, block.keys, bias, block.visible)
+            weights = weights.masked_fill(block.blocked_rows, 1.0 / values.shape[2])
+        return self._merge(mixed), weights
+
+    def step(self, initial: torch.Tensor, new_key_time: torch.Tensor | None, new_values: torch.Tensor | None,
+             store: dict[str, torch.Tensor], prefix: str, visible: torch.Tensor, blocked_rows: torch.Tensor
+             ) -> torch.Tensor:
+        """Incremental decoding: the update for ``m`` new query positions, caching key biases and values.
+
+        Args:
+            initial: ``A0`` of the new queries against every key so far, ``(b, h, m, k)``.
+            new_key_time: ``kappa`` of the keys added by this call, ``(b, h, j, t)`` (None: nothing new).
+            new_values: states added as values by this call, ``(b, j, d)`` (None: nothing new).
+            store: the decoding cache; ``prefix + "bias"`` ``(b, h, k)`` and ``prefix + "values"``
+                ``(b, h, k, d/h)`` grow along the key axis.
+            visible: ``(b, 1, m, k)`` bool; blocked_rows: ``(b, 1, m, 1)`` bool (uniform over every key).
+
+        Returns:
+            ``(b, m, d)``.
+        """
+        if new_key_time is not None:
+            append_cache(store, prefix + "bias", self.key_bias(new_key_time), dim=2)
+        if new_values is not None:
+            append_cache(store, prefix + "values", self._heads(self.value_norm(new_values)), dim=2)
+        bias, values = store[prefix + "bias"], store[prefix + "values"]
+        logits = (initial + bias.unsqueeze(2)).masked_fill(~visible, float("-inf"))
+        weights = torch.softmax(logits.masked_fill(blocked_rows | ~visible.any(-1, keepdim=True), 0.0), dim=-1)
+        return self._merge(weights @ values)
+
+
+def append_cache(store: dict[str, torch.Tensor], name: str, new: torch.Tensor, dim: int) -> torch.Tensor:
+    """``store[name] = cat(store[name], new, dim)`` (or ``new`` when absent); returns the grown tensor."""
+    old = store.get(name)
+    store[name] = new if old is None else torch.cat([old, new], dim=dim)
+    return store[name]

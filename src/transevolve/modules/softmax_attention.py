@@ -3,7 +3,8 @@
 ``out = W_O concat_h(softmax(Q_h K_h^T / sqrt(d/h)) V_h)`` with ``Q = LN(x) W_Q + b`` and keys/values from
 ``LN(x)`` (self-attention) or from the memory (cross-attention; the memory is already normalised by the
 encoder's final LayerNorm). The fast path is ``torch.nn.functional.scaled_dot_product_attention``; the explicit
-path (used when attention weights are requested) is the reference, and tests prove they agree.
+path (used when attention weights are requested) is the reference, and tests prove they agree. :meth:`step` is
+incremental decoding with cached keys and values (cross-attention: projected from the memory once).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transevolve.config import ModelConfig
+from transevolve.modules.evolved_attention import append_cache
 from transevolve.modules.feedforward import dense
 from transevolve.modules.masks import AttentionMasks
 
@@ -64,3 +66,25 @@ class SoftmaxAttention(nn.Module):
         b, _, n_q, _ = mixed.shape
         mixed = mixed.transpose(1, 2).reshape(b, n_q, -1)
         return self.dropout(self.output_proj(mixed)), weights
+
+    def step(self, state: torch.Tensor, store: dict[str, torch.Tensor], prefix: str, allowed: torch.Tensor,
+             memory: torch.Tensor | None = None) -> torch.Tensor:
+        """Incremental decoding: ``state (b, m, d)`` new positions -> update ``(b, m, d)``.
+
+        ``store[prefix + "keys"|"values"]`` ``(b, h, k, d/h)`` grow by the new positions (self-attention) or
+        are projected from ``memory (b, s, d)`` on the first call (cross-attention); ``allowed (b, 1, m, k)``.
+        """
+        normed = self.norm(state)
+        queries = self._heads(self.query_proj(normed))
+        if self.cross:
+            if prefix + "keys" not in store:
+                assert memory is not None
+                store[prefix + "keys"] = self._heads(self.key_proj(memory))
+                store[prefix + "values"] = self._heads(self.value_proj(memory))
+            keys, values = store[prefix + "keys"], store[prefix + "values"]
+        else:
+            keys = append_cache(store, prefix + "keys", self._heads(self.key_proj(normed)), dim=2)
+            values = append_cache(store, prefix + "values", self._heads(self.value_proj(normed)), dim=2)
+        mixed = F.scaled_dot_product_attention(queries, keys, values, attn_mask=allowed)
+        b, _, m, _ = mixed.shape
+        return self.dropout(self.output_proj(mixed.transpose(1, 2).reshape(b, m, -1)))
