@@ -64,19 +64,23 @@ class SubwordTokenizer:
 
 
 def train_subword(texts: Iterable[str], vocab_size: int) -> SubwordTokenizer:
-    """Train a BPE model on ``texts`` (quietly, 2 threads). Small corpora may give fewer pieces than asked."""
+    """Train a BPE model on ``texts`` (quietly, 2 threads). Small corpora may give fewer pieces than asked; the
+    vocabulary must hold every distinct character plus 256 byte pieces and 4 specials (else ``ValueError``)."""
     import sentencepiece as spm
 
     if vocab_size < 300:
         raise ValueError(f"vocab_size must be >= 300 (256 byte-fallback pieces + specials), got {vocab_size}")
     buffer = io.BytesIO()
     with open(os.devnull, "w") as devnull:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(list(texts)), model_writer=buffer, logstream=devnull,
-            model_type="bpe", vocab_size=vocab_size, hard_vocab_limit=False, character_coverage=1.0,
-            byte_fallback=True, normalization_rule_name="identity", pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            unk_id=UNK_ID, num_threads=2, input_sentence_size=0, shuffle_input_sentence=False,
-            minloglevel=2)
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(list(texts)), model_writer=buffer, logstream=devnull,
+                model_type="bpe", vocab_size=vocab_size, hard_vocab_limit=False, character_coverage=1.0,
+                byte_fallback=True, normalization_rule_name="identity", pad_id=PAD_ID, bos_id=BOS_ID,
+                eos_id=EOS_ID, unk_id=UNK_ID, num_threads=2, input_sentence_size=0, shuffle_input_sentence=False,
+                minloglevel=2)
+        except RuntimeError as error:  # e.g. fewer pieces than distinct characters + 256 byte pieces + specials
+            raise ValueError(f"cannot train a {vocab_size}-piece vocabulary on this corpus: {error}") from error
     return SubwordTokenizer(buffer.getvalue())
 
 

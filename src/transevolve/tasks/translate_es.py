@@ -20,7 +20,7 @@ from typing import Any
 
 from transevolve.data import datasets as ds
 from transevolve.data import translation as tr
-from transevolve.data.packages import content_key, package_dir, require, verify_package
+from transevolve.data.packages import content_key, package_dir, package_files, require
 from transevolve.data.readers import sword_verses
 from transevolve.tasks.base import Task, TaskData, register_task
 
@@ -31,8 +31,8 @@ EXTRACTOR_VERSION = 1
 
 def bible_corpus() -> list[list[Any]]:
     """``[book, chapter, verse, english, spanish]`` for every verse present in both modules, canonical order."""
-    verify_package("sword-text-web")
-    verify_package("sword-text-sparv")
+    for name in ("sword-text-web", "sword-text-sparv"):
+        package_files(name)  # every file checked against the manifest (pysword reads damaged data silently)
     english = {(b, c, v): t for b, c, v, t in sword_verses(package_dir("sword-text-web") / SWORD_ROOT,
                                                                "engWEB2015eb")}
     spanish = {(b, c, v): t for b, c, v, t in sword_verses(package_dir("sword-text-sparv") / SWORD_ROOT,
