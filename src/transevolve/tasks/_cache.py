@@ -102,9 +102,11 @@ def unpack(arrays: dict[str, np.ndarray]) -> dict[str, list[Example]]:
             column = list(torch.from_numpy(array.astype(np.int64)).unbind())
         else:
             lengths = arrays[f"{split}/{key}/lengths"].tolist()
-            dtype = np.bool_ if array.dtype == np.bool_ else np.int64
-            flat = torch.from_numpy(array.astype(dtype))
-            column = [t.clone() for t in torch.split(flat, lengths)]
+            if array.dtype not in (np.uint8, np.int32, np.int64, np.bool_):
+                array = array.astype(np.int32)
+            # Convert example by example (each gets its own storage): no full-size int64 copy of the flat array.
+            dtype = torch.bool if array.dtype == np.bool_ else torch.long
+            column = [t.to(dtype, copy=True) for t in torch.split(torch.from_numpy(array), lengths)]
         columns.setdefault(split, {})[key] = column
     splits: dict[str, list[Example]] = {}
     for split, cols in columns.items():

@@ -11,10 +11,11 @@ same value.
 
 Chain of thought: the generation history in reverse. Each step collapses the most recently created
 sub-expression (two numbers and one operator, with its parentheses if any) into its value; steps are joined by
-``=``. Examples (p = 11, 3 operators)::
+``=``. Examples (p = 11, 3 operators; generated as ``3 + (3 - (7 + 2))``, so ``3 - 9`` collapses before
+``3 + 3``)::
 
-    cot:    <bos> 8 - 6 / ( 5 - 9 ) = 8 - 6 / 7 = 8 - 4 = 4 <eos>
-    direct: <bos> 8 - 6 / ( 5 - 9 ) = 4 <eos>
+    cot:    <bos> 3 + 3 - ( 7 + 2 ) = 3 + 3 - 9 = 3 + 5 = 8 <eos>
+    direct: <bos> 3 + 3 - ( 7 + 2 ) = 8 <eos>
 
 The loss covers everything after the first ``=``; the answer (one number token) is graded by exact match.
 
@@ -26,7 +27,8 @@ Presets (``num_operators``, ``p``, train / validation / test): ``tiny`` 3, 11, 2
 4, 11, 20,000 / 1,000 / 1,000; ``paper`` 6, 11, 1,000,000 / 10,000 / 100,000 (Feng et al.'s scale: 1e6 train,
 1e5 test). Prompts are distinct across all splits.
 
-Speed (one CPU core): about 33,000 examples/s for the ``small`` options and 25,000/s with 6 operators.
+Speed (one core of a 2-core Xeon, CPU time of a first ``load``, cache write and tensors included): about
+21,000 examples/s with 4 operators (``small``), 14,000/s with 6 (``paper``: about 80 s).
 """
 
 from __future__ import annotations

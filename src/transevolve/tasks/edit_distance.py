@@ -13,8 +13,8 @@ Chain of thought: the DP table ``D[i][j]`` (cost of turning ``s1[:i]`` into ``s2
 columns ``j = 1..|s2|``, each row followed by ``,``; then ``<sep>`` and the answer ``D[|s1|][|s2|]``. Examples
 (n = 4)::
 
-    cot:    <bos> c d c | c c c d c <sep> 0 2 4 6 8 , 2 3 5 4 6 , 4 2 3 5 4 , <sep> 4 <eos>
-    direct: <bos> c d c | c c c d c <sep> 4 <eos>
+    cot:    <bos> o v v v | o v f v v <sep> 0 2 4 6 8 , 2 0 2 4 6 , 4 2 3 2 4 , 6 4 5 3 2 , <sep> 2 <eos>
+    direct: <bos> o v v v | o v f v v <sep> 2 <eos>
 
 The loss covers everything after the first ``<sep>``; the answer (one number token) is graded by exact match.
 
@@ -29,7 +29,8 @@ Presets (``n``, train / validation / test): ``tiny`` 4, 200 / 50 / 50 (tests); `
 1,000; ``paper`` 12, 1,000,000 / 10,000 / 100,000 (Feng et al. use n = 12 / 16 / 20). Prompts are distinct
 across all splits.
 
-Speed (one CPU core): about 15,000 examples/s for ``small`` (n = 8) and 4,000/s for n = 20.
+Speed (one core of a 2-core Xeon, CPU time of a first ``load``, cache write and tensors included): about
+11,700 examples/s for n = 8 (``small``), 8,400/s for n = 12 (``paper``: about 2 minutes), 4,400/s for n = 20.
 """
 
 from __future__ import annotations

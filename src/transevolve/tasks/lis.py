@@ -11,8 +11,8 @@ inputs.
 Chain of thought: ``dp_1 .. dp_n`` with ``dp_i`` the length of the longest increasing subsequence ending at
 ``i``, then ``<sep>`` and the answer ``max_i dp_i``. Examples (n = 8, number_range 250)::
 
-    cot:    <bos> 80 47 105 121 216 35 91 237 <sep> 1 1 2 3 4 1 2 5 <sep> 5 <eos>
-    direct: <bos> 80 47 105 121 216 35 91 237 <sep> 5 <eos>
+    cot:    <bos> 111 85 215 188 210 31 223 165 <sep> 1 1 2 2 3 1 4 2 <sep> 4 <eos>
+    direct: <bos> 111 85 215 188 210 31 223 165 <sep> 4 <eos>
 
 The loss covers everything after the first ``<sep>``; the answer (one number token) is graded by exact match.
 
@@ -24,7 +24,9 @@ Presets (``n``, train / validation / test; ``number_range`` 250): ``tiny`` 8, 20
 20, 20,000 / 1,000 / 1,000; ``paper`` 50, 1,000,000 / 10,000 / 100,000 (Feng et al. use n = 50 / 80 / 100).
 Prompts are distinct across all splits.
 
-Speed (one CPU core): about 20,000 examples/s for ``small`` (n = 20) and 5,000/s for n = 50 (the O(n^2) DP).
+Speed (one core of a 2-core Xeon, CPU time of a first ``load``, cache write and tensors included): about
+10,600 examples/s for n = 20 (``small``), 6,200/s for n = 50 (``paper``: about 3 minutes), 2,900/s for n = 100
+(the O(n^2) DP dominates).
 """
 
 from __future__ import annotations
