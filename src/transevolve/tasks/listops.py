@@ -288,7 +288,8 @@ class ListOpsTask(Task):
 
     Args:
         preset: ``lra``, ``small`` or ``tiny``: defaults of the length range and split sizes.
-        min_length, max_length: keep trees with ``min_length < length < max_length``.
+        min_length, max_length: keep trees with ``min_length < length < max_length`` (tree length: operator,
+            digit and ``]`` tokens; the parentheses of the ``lra`` format are not counted).
         max_depth, max_args: tree depth (root = 1) and operator arity limits (LRA: 10, 10).
         num_train, num_validation, num_test: split sizes.
         format: ``brackets`` or ``lra`` (parenthesised LRA form).
