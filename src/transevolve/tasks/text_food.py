@@ -8,7 +8,8 @@ Ids: UTF-8 bytes + 3 (vocabulary 259), truncated to ``max_length`` (default 1024
 Labels: other = 0, great = 1. Split: the package's test set is the test split; ``validation_size`` reviews
 (default 400) are held out of the training set, stratified and deterministic from the seed: 3600 / 400 / 1000.
 The decoded reviews are cached as JSON under ``data_dir()/processed/text_food`` (the first load parses the R
-data in about 1.5 s, later loads take about 0.3 s). Measured: fetch 1.9 s.
+data in about 1.5 s, later loads take 0.2-0.3 s). Measured: fetch 1.9-2.6 s; review length p50 277, p90 787, p99
+1802, max 8055 bytes, so the default 1024 truncates 5.7% of the reviews; great 65% in every split.
 """
 
 from __future__ import annotations

@@ -11,7 +11,11 @@ to Revelation 22:21). Direction ``en-es`` (default) or ``es-en``.
 
 Splits: by book (no book shared between splits), 5% / 5% of the verses for validation / test by default, then the
 recipe of :mod:`transevolve.data.translation`. The verse corpus is cached as JSON under
-``data_dir()/processed/translate_es/``. See ``transevolve data info translate_es`` for measured counts.
+``data_dir()/processed/translate_es/``.
+
+Measured (seed 0, en-es, defaults): 37,457 WEB and 31,084 RV1909 verses, 31,077 aligned, 16 dropped by the ratio
+filter; books 58 / 5 / 3; **27,027 / 2,020 / 1,831 pairs**; BPE 8000, source tokens p50 31, p90 51, max 115.
+Fetch 2.7 + 2.7 s (4.0 + 2.7 MB). First load about 12 s (verse extraction 3 s, BPE training), later 3-6 s.
 """
 
 from __future__ import annotations
