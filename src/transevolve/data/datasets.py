@@ -58,12 +58,15 @@ def stratified_split(labels: Sequence[int], held_out: dict[str, int], seed: int,
         take = {c: min(int(quotas[c]), len(pools[c])) for c in classes}
         order = sorted(classes, key=lambda c: (-(quotas[c] - int(quotas[c])), c))
         short = size - sum(take.values())
-        for c in order * 2:
-            if short <= 0:
-                break
-            if take[c] < len(pools[c]):
-                take[c] += 1
-                short -= 1
+        while short > 0:  # top up from the classes with the largest remainders, round robin
+            grown = False
+            for c in order:
+                if short > 0 and take[c] < len(pools[c]):
+                    take[c] += 1
+                    short -= 1
+                    grown = True
+            if not grown:
+                raise ValueError(f"cannot hold out {size} examples for {split}: too few left")
         chosen: list[int] = []
         for c in classes:
             chosen += pools[c][: take[c]]
