@@ -362,7 +362,10 @@ def _run(command: list[str], cwd: Path, what: str) -> str:
 def apt_index_entry(package: str, version: str | None) -> tuple[str, str, int]:
     """``(version, sha256, size)`` of a .deb according to the local apt index (``apt-cache show``)."""
     target = package if version is None else f"{package}={version}"
-    text = _run(["apt-cache", "show", "--no-all-versions", target], Path.cwd(), f"apt-cache show {target}")
+    try:
+        text = _run(["apt-cache", "show", "--no-all-versions", target], Path.cwd(), f"apt-cache show {target}")
+    except FetchError as error:
+        raise FetchError(f"{error}\n(is the apt index current? run `apt-get update` as root first)") from error
     fields: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip():
