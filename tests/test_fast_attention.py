@@ -268,3 +268,49 @@ def test_official_fixtures_through_fast_paths(fixture: Path, impl: str) -> None:
             ours = torch.sigmoid(logits) if logits.shape[-1] == 1 else torch.softmax(logits, -1)
             expected = arrays["output.probs"]
     assert float((ours.double() - torch.from_numpy(expected.astype(np.float64))).abs().max()) < 1e-4
+
+
+# --------------------------------------------------------------------------------------------------------
+# Random feed-forward: the depth-dependent weight is cached in eval mode
+
+
+def test_random_ff_weight_cached_in_eval_and_invalidated() -> None:
+    config = tiny_config(kind="encoder", ff_type="random")
+    model = build_model(config).eval()
+    projection = model.encoder.blocks[0].layers[1].feed_forward.expand
+    with torch.no_grad():
+        first = projection.weight()
+        assert projection.weight() is first                                  # cached
+        torch.testing.assert_close(first, projection._build_weight(), rtol=0, atol=0)
+        projection.singular_values.mul_(2.0)                                 # in-place update: rebuilt
+        second = projection.weight()
+        assert second is not first
+        torch.testing.assert_close(second, 2.0 * first, rtol=1e-6, atol=1e-7)
+        other = build_model(config)
+        model.load_state_dict(other.state_dict())                           # new values: rebuilt
+        torch.testing.assert_close(projection.weight(), other.encoder.blocks[0].layers[1].feed_forward.expand
+                                   .weight(), rtol=0, atol=0)
+    with torch.inference_mode():
+        cached = projection.weight()
+        assert projection.weight() is cached
+    model.double()                                                           # dtype change: rebuilt
+    with torch.no_grad():
+        assert projection.weight().dtype == torch.float64
+    model.train()                                                            # training: never cached
+    assert projection._cached_weight is None
+    built = projection.weight()
+    assert built.requires_grad and projection.weight() is not built
+    model.eval()
+    assert projection.weight().requires_grad                                 # autograd on: not cached
+    assert projection._cached_weight is None
+
+
+def test_random_ff_cache_keeps_outputs() -> None:
+    config = tiny_config(kind="classifier", ff_type="random")
+    model = build_model(config).eval()
+    (ids,) = model_inputs(config)
+    with torch.no_grad():
+        first = model(ids)
+        again = model(ids)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    torch.testing.assert_close(model(ids).detach(), first, rtol=0, atol=0)   # autograd path, no cache

@@ -89,9 +89,14 @@ class DecodeCache:
         self.key_pad: torch.Tensor | None = None
         self.store: dict[str, torch.Tensor] = {}
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows ``index`` (in that order) of every cached tensor (beam search)."""
-        self.store = {name: tensor.index_select(0, index) for name, tensor in self.store.items()}
+    def reorder(self, index: torch.Tensor, keep_cross: bool = False) -> None:
+        """Keep batch rows ``index`` (in that order) of every cached tensor (beam search).
+
+        ``keep_cross=True`` leaves the cross-attention entries alone: they depend on the source only, so this is
+        exact when ``index`` moves rows only among rows that share a source (the hypotheses of one sentence).
+        """
+        self.store = {name: tensor if keep_cross and ".cross." in name else tensor.index_select(0, index)
+                      for name, tensor in self.store.items()}
         if self.key_pad is not None:
             self.key_pad = self.key_pad.index_select(0, index)
 

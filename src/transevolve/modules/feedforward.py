@@ -46,7 +46,9 @@ class TemporalProjection(nn.Module):
     - ``V_l = [sin((x2 q) P), cos((x2 q) P)] / sqrt(out)``, shape (out, out), ``P`` fixed ~ N(0, out^2);
     - ``diag(s)`` is the rectangular (in, out) diagonal; only ``s[:min(in, out)]`` is read.
 
-    The fixed tensors are persistent buffers, so a checkpoint reproduces them exactly.
+    The fixed tensors are persistent buffers, so a checkpoint reproduces them exactly. ``W_l`` is built once per
+    forward pass (shared by the batch); in eval mode without autograd it is also cached across passes and rebuilt
+    when ``s``, a buffer, the dtype or the device changes (tensor version counters) or on ``train()``.
 
     Args:
         in_features, out_features: widths.
@@ -67,6 +69,8 @@ class TemporalProjection(nn.Module):
         limit = math.sqrt(6.0 / rank)
         self.singular_values = nn.Parameter(torch.empty(rank if lean else in_features).uniform_(-limit, limit))
         self.bias = nn.Parameter(torch.zeros(out_features))
+        self._cached_weight: torch.Tensor | None = None
+        self._cache_key: tuple | None = None
 
     def _sinusoid_matrix(self, table: torch.Tensor, size: int) -> torch.Tensor:
         step = torch.tensor(float(self.depth), dtype=torch.float32) * torch.tensor(math.pi / size,
@@ -75,8 +79,28 @@ class TemporalProjection(nn.Module):
         angles = frequencies * table
         return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1) / math.sqrt(self.out_features)
 
+    def _weight_key(self) -> tuple:
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in (self.singular_values, self.coeffs,
+                                                                            self.phases))
+
     def weight(self) -> torch.Tensor:
-        """The depth-dependent weight ``W_l`` of shape (in, out)."""
+        """The depth-dependent weight ``W_l`` of shape (in, out) (cached in eval mode without autograd)."""
+        if self.training or torch.is_grad_enabled():
+            return self._build_weight()
+        key = self._weight_key()
+        if self._cached_weight is None or self._cache_key != key:
+            self._cached_weight, self._cache_key = self._build_weight(), key
+        return self._cached_weight
+
+    def train(self, mode: bool = True) -> TemporalProjection:
+        self._cached_weight = self._cache_key = None
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        self._cached_weight = self._cache_key = None
+        return super()._apply(fn, recurse)
+
+    def _build_weight(self) -> torch.Tensor:
         rank = min(self.in_features, self.out_features)
         left = self._sinusoid_matrix(self.coeffs, self.in_features)[:, :rank]      # (in, rank)
         right = self._sinusoid_matrix(self.phases, self.out_features)[:rank]       # (rank, out)
