@@ -176,8 +176,6 @@ def test_dead_parameter_masks_cover_the_documented_entries() -> None:
     assert not any(name.endswith("key_time") for name in dead_parameter_masks(lean))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG params.dead_parameter_masks: softmax attention's key_proj.bias is "
-                   "provably dead (q . b_k is constant along the softmax axis) but is not listed")
 def test_dead_parameter_masks_include_softmax_key_bias() -> None:
     model = build(tiny_config(kind="encoder", attention="softmax"))
     masks = dead_parameter_masks(model)
@@ -446,8 +444,6 @@ def test_to_lean_keeps_training_mode_and_rejects_lean() -> None:
         to_lean(lean)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG fidelity.to_lean: the lean copy is always built as a fresh float32 "
-                   "CPU model, so a float64 (or GPU) official model loses its dtype/device")
 def test_to_lean_keeps_dtype() -> None:
     official = build(tiny_config(kind="encoder"), torch.float64)
     lean = to_lean(official)

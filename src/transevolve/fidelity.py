@@ -38,6 +38,7 @@ def lean_state_dict(official_model: nn.Module) -> dict:
 
 def to_lean(official_model: nn.Module) -> nn.Module:
     """A lean-fidelity copy of an official-fidelity model, computing the same function."""
-    lean = build_model(official_model.config.replace(fidelity="lean"))
+    reference = next(official_model.parameters())
+    lean = build_model(official_model.config.replace(fidelity="lean")).to(reference.device, reference.dtype)
     load_state(lean, lean_state_dict(official_model), source="official model")
     return lean.train(official_model.training)

@@ -14,7 +14,9 @@ the official code's inert terms:
 - random feed-forward: ``singular_values[0]`` (column 0 of ``U`` is ``sin(0) = 0``) and the entries beyond
   ``min(in, out)`` (never read); at depth 0 the ``m*d -> d`` weight is exactly zero, so that projection's singular
   values and everything before it in the sub-layer (its LayerNorm, the ``d -> m*d`` projection) are dead, and the
-  sub-layer outputs only its last bias.
+  sub-layer outputs only its last bias;
+- the key bias of softmax attention (``q . b_k`` is the same for every key of a row), a textbook fact that holds
+  for every Transformer with biased key projections.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import nn
 from transevolve.config import ModelConfig
 from transevolve.modules.evolved_attention import BlockInteraction, EvolvedAttention
 from transevolve.modules.feedforward import RandomFeedForward, TemporalProjection
+from transevolve.modules.softmax_attention import SoftmaxAttention
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ def dead_parameter_masks(model: nn.Module) -> dict[str, torch.Tensor]:
         dot = f"{prefix}." if prefix else ""
         if isinstance(module, BlockInteraction) and module.key_time is not None:
             mark(dot + "key_time", module.key_time)
+        elif isinstance(module, SoftmaxAttention):
+            mark(dot + "key_proj.bias", module.key_proj.bias)
         elif isinstance(module, EvolvedAttention):
             mark(dot + "time_amplitudes", module.time_amplitudes, slice(0, 1))
             if module.depth == 0:

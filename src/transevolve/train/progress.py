@@ -51,11 +51,12 @@ class Progress:
             done = step - self._start_step
             elapsed = time.perf_counter() - self._started
             eta = elapsed / max(done, 1) * (self.total - step)
-            self.console.print(f"{self.title} step {step}/{self.total}  {stats}  eta {eta:.0f}s", highlight=False)
+            self.console.print(f"{self.title} step {step}/{self.total}  {stats}  eta {eta:.0f}s", highlight=False,
+                               soft_wrap=True)
 
     def note(self, message: str) -> None:
         if self.enabled:
-            self.console.print(message, highlight=False)
+            self.console.print(message, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self._bar is not None:
