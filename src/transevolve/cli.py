@@ -179,6 +179,45 @@ def eval_command(
 
 @app.command()
 @_errors_to_exit
+def translate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory of a translation (seq2seq) task.")],
+    input_file: Annotated[Path | None, typer.Option("--input", "-i", help="Text file, one sentence per line "
+                                                    "(default: standard input).")] = None,
+    beam: Annotated[int, typer.Option(help="Beam size (1 = greedy).", min=1)] = 4,
+    alpha: Annotated[float, typer.Option(help="Length penalty exponent ((5+len)/6)^alpha.")] = 0.6,
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    batch_size: Annotated[int, typer.Option(help="Sentences per batch.", min=1)] = 32,
+) -> None:
+    """Translate sentences with a trained encoder-decoder (cached beam search); prints one line per input."""
+    import torch
+
+    from transevolve.checkpoint import load_model
+    from transevolve.tasks import get_task
+    from transevolve.train import load_run
+    from transevolve.train.evaluation import decode_batch
+    from transevolve.train.loop import select_device
+
+    run = load_run(run_dir)
+    model = load_model(run_dir / "checkpoints" / checkpoint)
+    if model.config.kind != "encoder_decoder":
+        _fail(f"{run_dir} holds a {model.config.kind} model; translate needs an encoder_decoder run")
+    data = get_task(run.task.name, **run.task.options).load(run.task.seed)
+    if data.tokenizer is None:
+        _fail(f"task {run.task.name!r} has no tokenizer")
+    device = select_device(run.train.device)
+    model = model.to(device)
+    lines = (input_file.read_text() if input_file is not None else sys.stdin.read()).splitlines()
+    limit = model.config.max_length
+    for start in range(0, len(lines), batch_size):
+        chunk = lines[start:start + batch_size]
+        encoded = [data.tokenizer.encode(line)[:limit] or [0] for line in chunk]
+        src = torch.nn.utils.rnn.pad_sequence([torch.tensor(ids) for ids in encoded], batch_first=True).to(device)
+        for ids in decode_batch(model, src, beam, alpha, run.train.decode_max_offset):
+            typer.echo(data.tokenizer.decode(ids))
+
+
+@app.command()
+@_errors_to_exit
 def inspect(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (e.g. a TransEvolve run and "
                                                    "a Transformer run on the same task).")],

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from transevolve.tasks.base import BOS_ID, EOS_ID, PAD_ID, ExampleDataset, TaskData, collate
+from transevolve.tasks.base import EOS_ID, PAD_ID, ExampleDataset, TaskData, collate
 from transevolve.train.batching import epoch_batches
 from transevolve.train.objectives import forward_loss
 
@@ -21,7 +20,8 @@ def _batches(dataset: ExampleDataset, batch_size: int, max_batches: int) -> list
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TaskData, split: str, batch_size: int, device: torch.device,
-             max_batches: int = 0, bleu: bool = False, decode: Callable | None = None) -> dict[str, float]:
+             max_batches: int = 0, bleu: bool = False, beam_size: int = 1, alpha: float = 0.6,
+             max_offset: int = 50) -> dict[str, float]:
     """Teacher-forced loss and metrics on ``split``; BLEU (sacrebleu, detokenized) when ``bleu`` is set."""
     if split not in data.splits:
         raise ValueError(f"task {data.name!r} has no split {split!r}; splits: {sorted(data.splits)}")
@@ -46,27 +46,24 @@ def evaluate(model: nn.Module, data: TaskData, split: str, batch_size: int, devi
         if "answered" in totals:
             metrics["exact_match"] = totals["exact"] / max(totals["answered"], 1.0)
     if bleu and data.kind == "seq2seq":
-        metrics["bleu"] = corpus_bleu(model, data, split, batch_size, device, max_batches, decode)
+        metrics["bleu"] = corpus_bleu(model, data, split, batch_size, device, max_batches, beam_size, alpha,
+                                      max_offset)
     model.train(was_training)
     return metrics
 
 
-@torch.no_grad()
-def greedy_decode_uncached(model: nn.Module, src: torch.Tensor, max_new_tokens: int) -> list[list[int]]:
-    """Reference greedy decoding: re-run the decoder on the whole prefix for every token."""
-    memory = model.encode(src)
-    b = src.shape[0]
-    tgt = torch.full((b, 1), BOS_ID, dtype=torch.long, device=src.device)
-    finished = torch.zeros(b, dtype=torch.bool, device=src.device)
-    for _ in range(max_new_tokens):
-        logits = model.decode(tgt, memory, src)[:, -1]
-        next_token = logits.argmax(-1)
-        next_token = torch.where(finished, torch.full_like(next_token, PAD_ID), next_token)
-        tgt = torch.cat([tgt, next_token[:, None]], dim=1)
-        finished |= next_token == EOS_ID
-        if bool(finished.all()):
-            break
-    return [_strip(row) for row in tgt[:, 1:].tolist()]
+def decode_batch(model: nn.Module, src: torch.Tensor, beam_size: int = 1, alpha: float = 0.6,
+                 max_offset: int = 50) -> list[list[int]]:
+    """Translate a padded batch ``src (b, s)``: greedy (beam 1) or beam search, cached; ids without BOS/EOS."""
+    from transevolve.decoding import beam_search, greedy_search
+
+    max_new = max(1, min(src.shape[1] + max_offset, model.config.max_length - 1))
+    with torch.no_grad():
+        if beam_size == 1:
+            decoded = greedy_search(model, src, max_new_tokens=max_new)
+        else:
+            decoded = beam_search(model, src, beam_size=beam_size, alpha=alpha, max_new_tokens=max_new)
+    return [_strip(row) for row in decoded.tokens.tolist()]
 
 
 def _strip(ids: list[int]) -> list[int]:
@@ -79,8 +76,8 @@ def _strip(ids: list[int]) -> list[int]:
 
 
 def corpus_bleu(model: nn.Module, data: TaskData, split: str, batch_size: int, device: torch.device,
-                max_batches: int = 0, decode: Callable | None = None, max_offset: int = 50) -> float:
-    """sacrebleu corpus BLEU of decoded hypotheses against the detokenized references."""
+                max_batches: int = 0, beam_size: int = 1, alpha: float = 0.6, max_offset: int = 50) -> float:
+    """sacrebleu corpus BLEU (default 13a tokenisation, cased) of decoded hypotheses on detokenized text."""
     import sacrebleu
 
     if data.tokenizer is None:
@@ -91,9 +88,7 @@ def corpus_bleu(model: nn.Module, data: TaskData, split: str, batch_size: int, d
     for indices in _batches(dataset, batch_size, max_batches):
         batch = collate([dataset[i] for i in indices])
         src = batch["src"].to(device)
-        max_new = min(src.shape[1] + max_offset, model.config.max_length - 1)
-        outputs = decode(model, src, max_new) if decode is not None else greedy_decode_uncached(model, src,
-                                                                                                  max_new)
+        outputs = decode_batch(model, src, beam_size, alpha, max_offset)
         hypotheses.extend(data.tokenizer.decode(ids) for ids in outputs)
         references.extend(data.tokenizer.decode(_strip(dataset[i]["tgt"][1:].tolist())) for i in indices)
     return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)

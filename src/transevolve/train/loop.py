@@ -306,9 +306,10 @@ def _finish(result: RunResult, model: nn.Module, data: TaskData, cfg: TrainConfi
     """Evaluate the best checkpoint on validation and test; write results.json and the curves."""
     if (best_dir / "trainer_state.json").is_file():
         load_training_checkpoint(best_dir, model, None)
-    bleu = data.kind == "seq2seq"
-    result.validation = evaluate(model, data, "validation", cfg.batch_size, device, bleu=bleu)
-    result.test = evaluate(model, data, "test", cfg.batch_size, device, bleu=bleu)
+    decoding = {"bleu": data.kind == "seq2seq", "beam_size": cfg.beam_size, "alpha": cfg.length_penalty,
+                "max_offset": cfg.decode_max_offset}
+    result.validation = evaluate(model, data, "validation", cfg.batch_size, device, **decoding)
+    result.test = evaluate(model, data, "test", cfg.batch_size, device, **decoding)
     if dist.is_main:
         payload = {
             "task": data.name, "model": result.model_config.to_dict(), "parameters": result.parameters,
