@@ -225,11 +225,12 @@ def test_compare_writes_report_and_plots(tmp_path: Path) -> None:
                                  "--quiet", "train.max_steps=6", "train.eval_every=3"),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    for name in ("report.md", "comparison.json", "accuracy_vs_parameters.png", "accuracy_vs_time.png",
+    for name in ("report.md", "comparison.json", "metric_vs_parameters.png", "metric_vs_time.png",
                  "validation_curves.png"):
         assert (tmp_path / "cmp" / name).is_file(), name
     rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["transformer", "transevolve-fullFF", "transevolve-randomFF"]
     assert "transevolve-randomFF" in result.stdout
-    evaluated = subprocess.run(_cli("eval", str(tmp_path / "cmp" / "transformer")), capture_output=True, text=True)
+    evaluated = subprocess.run(_cli("eval", str(tmp_path / "cmp" / "transformer" / "seed0")), capture_output=True,
+                               text=True)
     assert evaluated.returncode == 0 and "accuracy" in evaluated.stdout

@@ -49,6 +49,8 @@ def compare(
     config: Annotated[str, typer.Option("--config", "-c", help="Comparison file or packaged preset "
                                         "(see configs/compare/).")] = "compare/digits.yaml",
     models: Annotated[list[str] | None, typer.Option("--model", "-m", help="Only these models (repeatable).")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Train seeds 0..N-1 (default: the file's seeds).", min=1)
+                     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/compare-<task>-<time>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted comparison in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -58,22 +60,22 @@ def compare(
     With no arguments: a Transformer, TransEvolve-fullFF and TransEvolve-randomFF on the default task of
     configs/compare/digits.yaml. Writes one run directory per model, comparison.json, report.md and plots.
     """
-    from transevolve.compare import _task_kind, load_comparison, run_comparison, summary_rows
+    from transevolve.compare import load_comparison, run_comparison, summary_rows, task_kind
 
-    comparison = load_comparison(config, overrides or [], models)
+    comparison = load_comparison(config, overrides or [], models, seeds)
     first = next(iter(comparison.runs.values()))
     if out is None:
         if resume:
             _fail("--resume needs --out DIR (the comparison to continue)")
         out = Path("runs") / f"compare-{first.task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    console.print(f"compare: {len(comparison.runs)} models on {first.task.name} "
+    console.print(f"compare: {len(comparison.runs)} models x {len(comparison.seeds)} seeds on {first.task.name} "
                   f"({first.train.max_steps} steps each) -> {out}")
     results = run_comparison(comparison, out, quiet=quiet, resume=resume)
-    if any(r.interrupted for r in results):
+    if any(r.interrupted for runs in results.values() for r in runs):
         console.print(f"interrupted; continue with: transevolve compare --config {config} --out {out} --resume")
         raise typer.Exit(code=130)
-    rows = summary_rows(results, _task_kind(results))
-    table = Table(title=f"{first.task.name}: test metrics of the best validation checkpoint")
+    rows = summary_rows(results, task_kind(results))
+    table = Table(title=f"{first.task.name}: mean over seeds {list(comparison.seeds)}, best validation checkpoint")
     for column in rows[0]:
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in rows:

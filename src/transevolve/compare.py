@@ -1,28 +1,31 @@
 """``transevolve compare``: train several models on one task and show what each costs and achieves.
 
 A comparison file is a run file (``task``, ``model``, ``train``; see ``transevolve.train.config``) plus a
-``models`` section mapping a name to the model fields that differ::
+``models`` section mapping a name to the model fields that differ, and optionally ``seeds``::
 
+    base: ../digits/base.yaml          # optional: a run file to start from
+    seeds: [0, 1, 2]                   # training seeds (initialisation, dropout, data order); default [0]
     models:
       transformer: {attention: softmax}
       transevolve-fullFF: {attention: evolved, ff_type: full}
       transevolve-randomFF: {attention: evolved, ff_type: random}
 
-Every model is trained with the same task, data order, seed and training budget. The output directory holds
-one run directory per model, ``comparison.json``, ``report.md`` and the plots (accuracy against parameters and
-against training time, validation curves).
+Every model is trained with the same task split, training budget and seeds. The output directory holds one run
+directory per model and seed (``<model>/seed<k>``), ``comparison.json``, ``report.md`` and the plots (test metric
+against parameters and against training time, validation curves). Metrics are reported as mean and standard
+deviation over the seeds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from transevolve.train.config import RunConfig, apply_dotted, load_yaml_with_base, run_config_from_dict
 from transevolve.train.loop import HEADLINE, RunResult, train
@@ -33,7 +36,12 @@ DEFAULT_COMPARISON = "compare/digits.yaml"
 @dataclass(frozen=True)
 class Comparison:
     runs: dict[str, RunConfig]
+    seeds: tuple[int, ...]
     source: str
+
+    def run(self, model: str, seed: int) -> RunConfig:
+        config = self.runs[model]
+        return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
 
 
 def preset_path(name: str) -> Path:
@@ -52,13 +60,21 @@ def preset_path(name: str) -> Path:
 
 
 def load_comparison(name: str = DEFAULT_COMPARISON, overrides: list[str] | None = None,
-                    only: list[str] | None = None) -> Comparison:
-    """Read a comparison file; ``overrides`` (dotted) apply to every model, ``only`` selects models."""
+                    only: list[str] | None = None, seeds: int | None = None) -> Comparison:
+    """Read a comparison file; ``overrides`` (dotted) apply to every model, ``only`` selects models and ``seeds``
+    replaces the file's seeds by ``0 .. seeds-1``."""
     path = preset_path(name)
     data = load_yaml_with_base(path)
     models = data.pop("models", None)
+    file_seeds = data.pop("seeds", [0])
     if not isinstance(models, dict) or not models:
         raise ValueError(f"{path} has no 'models' section (name -> model fields)")
+    if not isinstance(file_seeds, list) or not file_seeds or not all(isinstance(s, int) for s in file_seeds):
+        raise ValueError(f"{path}: seeds must be a non-empty list of integers, got {file_seeds!r}")
+    if seeds is not None:
+        if seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {seeds}")
+        file_seeds = list(range(seeds))
     if only:
         unknown = sorted(set(only) - set(models))
         if unknown:
@@ -69,22 +85,26 @@ def load_comparison(name: str = DEFAULT_COMPARISON, overrides: list[str] | None 
         merged = dict(data)
         merged["model"] = {**(data.get("model") or {}), **(fields or {}), "name": model_name}
         runs[model_name] = run_config_from_dict(apply_dotted(merged, overrides or []))
-    return Comparison(runs, str(path))
+    return Comparison(runs, tuple(file_seeds), str(path))
 
 
 def run_comparison(comparison: Comparison, out_dir: str | Path, quiet: bool = False,
-                   resume: bool = False) -> list[RunResult]:
+                   resume: bool = False) -> dict[str, list[RunResult]]:
+    """Train every model with every seed (seed-major order, so that an early stop still compares models)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for name, run in comparison.runs.items():
-        run_dir = out_dir / name
-        already = (run_dir / "results.json").is_file()
-        if resume and already:
-            results.append(_result_from_dir(run_dir))
-            continue
-        results.append(train(run, run_dir, quiet=quiet,
-                             resume=resume and (run_dir / "checkpoints" / "last").is_dir()))
+    results: dict[str, list[RunResult]] = {name: [] for name in comparison.runs}
+    for seed in comparison.seeds:
+        for name in comparison.runs:
+            run_dir = out_dir / name / f"seed{seed}"
+            if resume and (run_dir / "results.json").is_file():
+                results[name].append(_result_from_dir(run_dir))
+                continue
+            result = train(comparison.run(name, seed), run_dir, quiet=quiet,
+                           resume=resume and (run_dir / "checkpoints" / "last" / "trainer_state.json").is_file())
+            results[name].append(result)
+            if result.interrupted:
+                return results
     write_report(comparison, results, out_dir)
     return results
 
@@ -98,33 +118,64 @@ def _result_from_dir(run_dir: Path) -> RunResult:
                      payload["test"])
 
 
-def summary_rows(results: list[RunResult], kind: str) -> list[dict[str, Any]]:
-    metric = "bleu" if kind == "seq2seq" else HEADLINE[kind]
+def headline_metric(kind: str) -> str:
+    return "bleu" if kind == "seq2seq" else HEADLINE[kind]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summary_rows(results: dict[str, list[RunResult]], kind: str) -> list[dict[str, Any]]:
+    """One row per model: parameters, mean/std of the headline metric over seeds, time and throughput."""
+    metric = headline_metric(kind)
     rows = []
-    for r in results:
-        rows.append({"model": r.model_config.name, "parameters": r.parameters,
-                     f"validation {metric}": r.validation.get(metric), f"test {metric}": r.test.get(metric),
-                     "train seconds": r.train_seconds, "tokens/s": r.tokens_per_second, "steps": r.steps})
+    for name, runs in results.items():
+        valid = _mean_std([r.validation.get(metric) for r in runs])
+        test = _mean_std([r.test.get(metric) for r in runs])
+        rows.append({
+            "model": name, "parameters": runs[0].parameters, "seeds": len(runs),
+            f"validation {metric}": valid[0], f"test {metric}": test[0], f"test {metric} std": test[1],
+            "train seconds": statistics.fmean(r.train_seconds for r in runs),
+            "tokens/s": statistics.fmean(r.tokens_per_second for r in runs), "steps": runs[0].steps,
+        })
     return rows
 
 
-def write_report(comparison: Comparison, results: list[RunResult], out_dir: Path) -> Path:
+def task_kind(results: dict[str, list[RunResult]]) -> str:
+    kinds = {"classifier": "classification", "encoder_decoder": "seq2seq", "decoder": "language_modeling",
+             "encoder": "classification"}
+    return kinds[next(iter(results.values()))[0].model_config.kind]
+
+
+def write_report(comparison: Comparison, results: dict[str, list[RunResult]], out_dir: Path) -> Path:
     """``comparison.json``, ``report.md`` and the comparison plots."""
     first = next(iter(comparison.runs.values()))
-    kind = _task_kind(results)
+    kind = task_kind(results)
+    metric = headline_metric(kind)
     rows = summary_rows(results, kind)
-    (out_dir / "comparison.json").write_text(json.dumps({"source": comparison.source, "task": first.task.name,
-                                                         "rows": rows, "date": time.strftime("%Y-%m-%d %H:%M"),
-                                                         "configs": {k: v.to_dict() for k, v in
-                                                                     comparison.runs.items()}}, indent=2) + "\n")
+    per_seed = {name: [{"seed": comparison.seeds[i], "validation": r.validation, "test": r.test,
+                        "train_seconds": r.train_seconds, "tokens_per_second": r.tokens_per_second}
+                       for i, r in enumerate(runs)] for name, runs in results.items()}
+    (out_dir / "comparison.json").write_text(json.dumps(
+        {"source": comparison.source, "task": first.task.name, "seeds": list(comparison.seeds), "rows": rows,
+         "runs": per_seed, "date": time.strftime("%Y-%m-%d %H:%M"),
+         "configs": {k: v.to_dict() for k, v in comparison.runs.items()}}, indent=2) + "\n")
     plots = _plot_comparison(results, kind, out_dir)
     header = list(rows[0])
     lines = [f"# Comparison on `{first.task.name}`", "",
-             f"Config: `{comparison.source}`; {first.train.max_steps} steps each, seed {first.train.seed}, "
-             f"batch {first.train.batch_size}. Test metrics use the best validation checkpoint.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             f"Config `{comparison.source}`: {first.train.max_steps} steps per run, batch {first.train.batch_size}, "
+             f"seeds {list(comparison.seeds)} (mean and standard deviation over seeds). Test metrics use the best "
+             "validation checkpoint of each run. Times are wall-clock on this machine and include evaluations.",
+             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row[k]) for k in header) + " |")
+    lines += ["", f"Per seed (test {metric}):", ""]
+    for name, runs in per_seed.items():
+        lines.append(f"- {name}: " + ", ".join(f"seed {r['seed']}: {_fmt(r['test'].get(metric))}" for r in runs))
     lines.append("")
     lines.extend(f"![{p.stem}]({p.name})" for p in plots)
     report = out_dir / "report.md"
@@ -132,33 +183,28 @@ def write_report(comparison: Comparison, results: list[RunResult], out_dir: Path
     return report
 
 
-def _task_kind(results: list[RunResult]) -> str:
-    kinds = {"classifier": "classification", "encoder_decoder": "seq2seq", "decoder": "language_modeling",
-             "encoder": "classification"}
-    return kinds[results[0].model_config.kind]
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}" if value < 10 else f"{value:,.1f}"
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:,.1f}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
 
 
-def _plot_comparison(results: list[RunResult], kind: str, out_dir: Path) -> list[Path]:
+def _plot_comparison(results: dict[str, list[RunResult]], kind: str, out_dir: Path) -> list[Path]:
     from transevolve.train.plots import _matplotlib, read_metrics
 
     plt = _matplotlib()
-    metric = "bleu" if kind == "seq2seq" else HEADLINE[kind]
+    metric = headline_metric(kind)
     paths = []
-    for x_key, x_label, file in (("parameters", "trainable parameters", "accuracy_vs_parameters.png"),
-                                 ("train_seconds", "training time (s)", "accuracy_vs_time.png")):
+    for x_key, x_label, file in (("parameters", "trainable parameters", "metric_vs_parameters.png"),
+                                 ("train_seconds", "training time (s)", "metric_vs_time.png")):
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        for r in results:
-            ax.scatter(getattr(r, x_key), r.test.get(metric, float("nan")), s=50)
-            ax.annotate(r.model_config.name, (getattr(r, x_key), r.test.get(metric, float("nan"))),
-                        textcoords="offset points", xytext=(5, 5), fontsize=8)
+        for name, runs in results.items():
+            x = statistics.fmean(getattr(r, x_key) for r in runs)
+            mean, std = _mean_std([r.test.get(metric) for r in runs])
+            ax.errorbar(x, mean, yerr=std, fmt="o", capsize=4, markersize=7)
+            ax.annotate(name, (x, mean), textcoords="offset points", xytext=(6, 6), fontsize=8)
         ax.set(xlabel=x_label, ylabel=f"test {metric}", title=f"test {metric} vs {x_label}")
         if x_key == "parameters":
             ax.set_xscale("log")
@@ -168,18 +214,15 @@ def _plot_comparison(results: list[RunResult], kind: str, out_dir: Path) -> list
         paths.append(out_dir / file)
     fig, ax = plt.subplots(figsize=(6, 4))
     validation_metric = HEADLINE[kind]
-    for r in results:
-        valid = [m for m in read_metrics(r.run_dir) if m["split"] == "validation"]
-        ax.plot([m["step"] for m in valid], [m.get(validation_metric) for m in valid], "o-",
-                label=r.model_config.name)
-    ax.set(xlabel="step", ylabel=f"validation {validation_metric}", title="validation curves")
+    for index, (name, runs) in enumerate(results.items()):
+        for seed_index, r in enumerate(runs):
+            valid = [m for m in read_metrics(r.run_dir) if m["split"] == "validation"]
+            ax.plot([m["step"] for m in valid], [m.get(validation_metric) for m in valid], "o-", markersize=3,
+                    color=f"C{index}", alpha=0.8, label=name if seed_index == 0 else None)
+    ax.set(xlabel="step", ylabel=f"validation {validation_metric}", title="validation curves (every seed)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "validation_curves.png", dpi=110)
     plt.close(fig)
     paths.append(out_dir / "validation_curves.png")
     return paths
-
-
-def comparison_yaml(comparison: Comparison) -> str:
-    return yaml.safe_dump({k: v.to_dict() for k, v in comparison.runs.items()}, sort_keys=False)
