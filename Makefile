@@ -1,14 +1,14 @@
 # transevolve: set up a local virtual environment, run the tests, run the main job.
-# `make compare` and `make test` are the README's two commands; `make setup` is implied by both.
+# `make compare` and `make test` are the README's two commands; both set up .venv first (compare also fetches its data).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup compare test lint check clean
+.PHONY: setup data compare test lint check clean
 
-setup: $(STAMP)
+setup: $(STAMP) data
 
 # torch first, pinned: pip then takes the local CPU wheel instead of a CUDA build.
 $(STAMP): pyproject.toml
@@ -17,13 +17,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The main job's dataset (scikit-learn's 8x8 digits, read from its pip wheel; cached, checksummed, idempotent).
+data: $(STAMP)
+	$(BIN)/transevolve data fetch digits
+
 compare: setup
 	$(BIN)/transevolve compare
 
-test: setup
+test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
 
-lint: setup
+lint: $(STAMP)
 	$(BIN)/ruff check .
 
 check: lint test
