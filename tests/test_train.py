@@ -234,3 +234,24 @@ def test_compare_writes_report_and_plots(tmp_path: Path) -> None:
     evaluated = subprocess.run(_cli("eval", str(tmp_path / "cmp" / "transformer" / "seed0")), capture_output=True,
                                text=True)
     assert evaluated.returncode == 0 and "accuracy" in evaluated.stdout
+
+
+def test_bf16_autocast_and_early_stopping(tmp_path: Path) -> None:
+    run = RunConfig(task=TASK, model=dict(MODEL, attention="evolved", ff_type="full"),
+                    train=TrainConfig(max_steps=60, batch_size=16, eval_every=2, log_every=2, warmup_steps=1,
+                                      precision="bf16", learning_rate=1e-7, early_stopping=2, schedule="constant"))
+    result = train(run, tmp_path / "run", quiet=True)
+    assert result.steps < 60, "a learning rate of 1e-7 cannot keep improving; early stopping must trigger"
+    assert math.isfinite(result.test["loss"])
+
+
+def test_tensorboard_needs_its_package_or_writes_events(tmp_path: Path) -> None:
+    run = tiny_run(steps=2, tensorboard=True, eval_every=0)
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="tensorboard package"):
+            train(run, tmp_path / "run", quiet=True)
+        return
+    train(run, tmp_path / "run", quiet=True)
+    assert any((tmp_path / "run" / "tensorboard").iterdir())

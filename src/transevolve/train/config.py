@@ -56,6 +56,8 @@ class TrainConfig:
         device: ``auto`` (GPU when present), ``cpu``, ``cuda``, ``cuda:1``...
         decode_max_offset: BLEU decoding stops at source length + this.
         beam_size, length_penalty: beam search for the final BLEU (beam 1 = greedy).
+        tensorboard: also write TensorBoard event files to ``RUN_DIR/tensorboard`` (needs the optional
+            ``tensorboard`` package: ``pip install -e '.[tensorboard]'``).
     """
 
     max_steps: int = 1000
@@ -83,6 +85,7 @@ class TrainConfig:
     decode_max_offset: int = 50
     beam_size: int = 1
     length_penalty: float = 0.6
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         errors = []

@@ -121,15 +121,29 @@ def learning_rate(step: int, train: TrainConfig, width: int) -> float:
 
 # ---------------------------------------------------------------------------------------------------------
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per line (training logs and evaluations)."""
+    """``metrics.jsonl``: one JSON object per line (training logs and evaluations); optionally TensorBoard."""
 
-    def __init__(self, path: Path, enabled: bool) -> None:
+    def __init__(self, path: Path, enabled: bool, tensorboard: bool = False) -> None:
         self.path, self.enabled = path, enabled
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise ValueError("train.tensorboard=true needs the tensorboard package: "
+                                 "pip install -e '.[tensorboard]'") from error
+            self.writer = SummaryWriter(str(path.parent / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "split", "epoch") and isinstance(value, int | float):
+                    self.writer.add_scalar(f"{record['split']}/{key}", value, record["step"])
+            self.writer.flush()
 
 
 def _global_batches(data: TaskData, train: TrainConfig, epoch: int) -> list[list[int]]:
@@ -173,7 +187,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     if dist.world_size > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                       else None)
-    log = MetricsLog(run_dir / "metrics.jsonl", dist.is_main)
+    log = MetricsLog(run_dir / "metrics.jsonl", dist.is_main, cfg.tensorboard)
     progress = Progress(total=cfg.max_steps, start=state.step, enabled=dist.is_main and not quiet,
                         title=f"{data.name} {model_config.attention}/{model_config.ff_type}")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
