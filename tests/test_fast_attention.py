@@ -147,9 +147,10 @@ def _block(queries: torch.Tensor, keys: torch.Tensor, key_pad: torch.Tensor, cau
     visible = visible_keys(key_pad, n_q, causal)
     query_pad = torch.zeros(key_pad.shape[0], n_q, dtype=torch.bool)
     blocked = fully_blocked_rows(query_pad, key_pad, causal)[:, None, :, None]
-    b, h, n_k, _ = keys.shape
-    return FastScores("factorised", queries, keys, torch.zeros(b, h, n_k, 1), key_pad, visible, blocked,
-                      bool(blocked.any()), causal, kernel=factorised_kernel(queries, keys, visible))
+    b, h, n_k, c = keys.shape
+    return FastScores("factorised", queries, keys, keys.transpose(1, 2).reshape(b, n_k, h * c),
+                      torch.zeros(h * c, h, 1), key_pad, visible, blocked, bool(blocked.any()), causal,
+                      kernel=factorised_kernel(queries, keys, visible))
 
 
 def _exact64(queries: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor, visible: torch.Tensor,
@@ -185,8 +186,35 @@ def test_factorised_survives_adversarial_logits(causal: bool) -> None:
     weights = (bias - bias.amax(-1, keepdim=True)).exp()
     naive_denominator = block.kernel @ weights.unsqueeze(-1)
     assert (naive_denominator < 1e-30).any()
-    out.sum().backward()
-    assert queries.grad is not None and torch.isfinite(queries.grad).all()
+    probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * probe).sum().backward()
+    exact_queries = queries.detach().double().requires_grad_()
+    (_exact64(exact_queries, keys, bias, block.visible, values) * probe.double()).sum().backward()
+    assert queries.grad is not None and exact_queries.grad is not None
+    torch.testing.assert_close(queries.grad.double(), exact_queries.grad, rtol=0, atol=1e-4)
+
+
+def test_factorised_kernel_gradient_matches_plain_autograd() -> None:
+    """The fused kernel backward (all layers' gradients in one matmul) equals autograd through the formula."""
+    torch.manual_seed(1)
+    b, h, n, c, v = 2, 2, 7, 5, 3
+    key_pad = torch.zeros(b, n, dtype=torch.bool)
+    key_pad[0, -2:] = True
+    for causal in (False, True):
+        queries, keys = torch.randn(b, h, n, c, requires_grad=True), torch.randn(b, h, n, c, requires_grad=True)
+        block = _block(queries, keys, key_pad, causal)
+        layers = [(torch.randn(b, h, n, requires_grad=True), torch.randn(b, h, n, v, requires_grad=True))
+                  for _ in range(3)]
+        out = sum(factorised_attention(block, bias, values).square().sum() for bias, values in layers)
+        leaves = [queries, keys] + [t for layer in layers for t in layer]
+        fused = torch.autograd.grad(out, leaves)
+        q2, k2 = queries.detach().requires_grad_(), keys.detach().requires_grad_()
+        visible = block.visible
+        plain = sum(torch.softmax((q2 @ k2.transpose(-1, -2) + bias.unsqueeze(-2)).masked_fill(
+            ~visible, float("-inf")), -1).matmul(values).square().sum() for bias, values in layers)
+        expected = torch.autograd.grad(plain, [q2, k2, *leaves[2:]])
+        for got, want in zip(fused, expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("impl", FAST)

@@ -41,6 +41,13 @@ class SoftmaxAttention(nn.Module):
         self.output_proj = dense(d, d)
         self.dropout = nn.Dropout(config.dropout)
 
+    @staticmethod
+    def _project(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
+        """Several projections of the same input as one matmul (weights concatenated)."""
+        weight = torch.cat([layer.weight for layer in layers])
+        bias = torch.cat([layer.bias for layer in layers])
+        return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
+
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)     # (b, h, n, d/h)
@@ -53,16 +60,22 @@ class SoftmaxAttention(nn.Module):
         cross-attention. ``block`` exists for interface parity with the evolved attention and is unused.
         """
         normed = self.norm(state)
-        source = source if self.cross else normed
-        q, k, v = self._heads(self.query_proj(normed)), self._heads(self.key_proj(source)), \
-            self._heads(self.value_proj(source))
+        if self.cross:
+            q = self._heads(self.query_proj(normed))
+            k, v = (self._heads(x) for x in self._project(source, self.key_proj, self.value_proj))
+        else:
+            q, k, v = (self._heads(x) for x in self._project(normed, self.query_proj, self.key_proj,
+                                                              self.value_proj))
         if return_weights:
             logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
             weights = torch.softmax(logits.masked_fill(~masks.allowed_keys, float("-inf")), dim=-1)
             mixed = weights @ v
         else:
             weights = None
-            mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=masks.allowed_keys)
+            if bool(masks.key_pad.any()):
+                mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=masks.allowed_keys)
+            else:                                  # nothing padded: no mask tensor (fused causal kernel)
+                mixed = F.scaled_dot_product_attention(q, k, v, is_causal=masks.causal)
         b, _, n_q, _ = mixed.shape
         mixed = mixed.transpose(1, 2).reshape(b, n_q, -1)
         return self.dropout(self.output_proj(mixed)), weights

@@ -1,0 +1,69 @@
+"""``transevolve bench``: throughput, memory, MFU and decoding speed, side by side in one invocation."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, invoke_without_command=True,
+                  help="Benchmark TransEvolve (reference and fast paths), our Transformer and x-transformers.")
+
+
+def _ints(text: str | None) -> list[int] | None:
+    return None if text is None else [int(part) for part in text.split(",") if part.strip()]
+
+
+@app.callback()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke preset (under 2 minutes): n=128,512, 6 models, "
+                                                        "fewer rounds, no MFU group, 32 decoded tokens.")] = False,
+    lengths: Annotated[str | None, typer.Option(help="Comma-separated sequence lengths (default 128..4096).")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated model names (default: all; see the "
+                                                    "README table).")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Timed rounds per configuration (median reported).",
+                                               min=1)] = None,
+    tokens: Annotated[int | None, typer.Option(help="Tokens per batch; batch = tokens // n.", min=1)] = None,
+    memory: Annotated[bool, typer.Option(help="Measure peak memory in subprocesses.")] = True,
+    mfu: Annotated[bool | None, typer.Option(help="Run the width-512 MFU group.")] = None,
+    decode_tokens: Annotated[int | None, typer.Option(help="Greedy tokens for the decoding comparison "
+                                                           "(0: skip).", min=0)] = None,
+    out: Annotated[Path, typer.Option(help="Directory for NAME.json, NAME.md and NAME.png.")] = Path(
+        "benchmarks/results"),
+    name: Annotated[str | None, typer.Option(help="Report file stem (default bench-quick / bench-full).")] = None,
+) -> None:
+    """Run the benchmark suite and write JSON, a markdown table and a log-log plot."""
+    from transevolve.bench.report import markdown, write
+    from transevolve.bench.suite import preset, run_suite
+
+    options = preset("quick" if quick else "full")
+    if lengths is not None:
+        options.lengths = _ints(lengths) or options.lengths
+        options.memory_lengths = [n for n in options.memory_lengths if n in options.lengths]
+    if models is not None:
+        options.models = [m.strip() for m in models.split(",") if m.strip()]
+        if options.memory_models is not None:
+            options.memory_models = [m for m in options.memory_models if m in options.models]
+    if rounds is not None:
+        options.rounds = rounds
+    if tokens is not None:
+        options.tokens_per_batch = tokens
+    if not memory:
+        options.memory_lengths = []
+    if mfu is not None:
+        options.mfu = mfu
+    if decode_tokens is not None:
+        options.decode_tokens = decode_tokens
+    try:
+        results = run_suite(options, log=lambda message: typer.echo(message, err=True))
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from error
+    command = "transevolve bench " + " ".join(shlex.quote(arg) for arg in sys.argv[2:])
+    stem = name or ("bench-quick" if quick else "bench-full")
+    paths = write(results, out, stem, command)
+    typer.echo(markdown({**results, "command": command}, command))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)

@@ -1,0 +1,57 @@
+"""Peak memory of one step, measured in this fresh interpreter: ``python -m transevolve.bench.memory JSON``.
+
+JSON: ``{"spec": ModelSpec.to_dict(), "length": n, "batch": b, "mode": "train" | "infer"}``. Prints
+``{"peak_mb": ..., "baseline_mb": ...}``: the resident-set high-water mark after the step minus the resident set
+just before it, with model, optimizer and batch already built and one tiny matmul run so that the math libraries
+are loaded. The high-water mark is reset right before the step (Linux ``/proc/self/clear_refs``, value 5), so
+the memory used while building the model does not hide the step's peak; without that file it falls back to the
+``ru_maxrss`` difference (a lower bound). The parent starts this process with ``MALLOC_MMAP_THRESHOLD_=65536``
+(and ``malloc_trim`` runs before the baseline) so that freed tensors go back to the system instead of being
+reused from the heap unseen. A training step is the first one, so the Adam state it allocates is
+included; an inference step runs under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import resource
+import sys
+
+import torch
+
+from transevolve.bench.harness import ModelSpec, build, make_batch, step_functions
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0          # Linux: kilobytes
+
+
+def _reset_peak() -> float:
+    """Return freed heap pages to the system, reset the high-water mark to the current resident set; returns
+    the baseline in MB."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    return _max_rss_mb()
+
+
+def main(argv: list[str]) -> None:
+    request = json.loads(argv[0])
+    spec = ModelSpec.from_dict(request["spec"])
+    torch.manual_seed(0)
+    model = build(spec)
+    ids, labels = make_batch(spec, int(request["batch"]), int(request["length"]))
+    train_step, inference = step_functions(model, ids, labels)
+    torch.ones(64, 64) @ torch.ones(64, 64)
+    gc.collect()
+    before = _reset_peak()
+    (train_step if request["mode"] == "train" else inference)()
+    print(json.dumps({"peak_mb": _max_rss_mb() - before, "baseline_mb": before}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
