@@ -9,21 +9,27 @@ Per token of a sequence of length n (``d`` width, ``f`` FF width, ``h`` heads, `
 block, ``N`` blocks), forward multiply-accumulates:
 
 - Transformer layer: ``4 d^2`` (Q, K, V, O) ``+ 2 n d`` (``QK^T`` and ``PV``) ``+ 2 d f`` (FF).
-- TransEvolve block (self): ``2 d D`` (Q and K at width D) ``+ D h t`` (key-side time term kappa) ``+ n D`` (A0);
-  the official code's inert query-side term adds ``D h t`` (``include_inert=True``; the fast paths skip it).
-- TransEvolve layer: ``d^2`` (W_O) ``+ n (d + h)`` (``E [w V, w]``; the reference's ``P V`` is ``n d``) ``+ h t``
-  (key bias) ``+ 2 d f`` (FF; randomFF has the same per-token cost plus the once-per-forward construction of its
-  weights, which is not per token and not counted).
-- Cross-attention (decoders with a memory of ``s = n`` tokens): Transformer ``4 d^2 + 2 n d``; TransEvolve block
-  ``2 d D + D h t + n D`` and per layer ``d^2 + n (d + h) + h t``.
+- TransEvolve block (self): ``2 d D`` (Q and K at width D) ``+ n D`` (A0).
+- TransEvolve layer: ``d^2`` (W_O) ``+ n (d + h)`` (``E [w V, w]``) ``+ D h`` (key bias ``K (P_Q tau_l)``)
+  ``+ 2 d f`` (FF; randomFF has the same per-token cost plus the once-per-forward construction of its weights,
+  which is not per token and not counted).
+- ``path="reference"`` counts what the reference path computes instead: the key-side term kappa ``D h t`` per
+  block (plus the inert query-side term, another ``D h t``, in official fidelity), ``h t`` per layer for the key
+  bias and ``n d`` for ``P V``.
+- Cross-attention (decoders with a memory of ``s = n`` tokens): Transformer ``4 d^2 + 2 n d``; TransEvolve as its
+  self-attention (block and layers) with keys from the memory.
 - Heads: the tied output projection ``d V`` per target token (encoder-decoder, decoder); the classifier head
   ``d C / n``.
 
-With width 256, 4 heads, FF 1024, 6 layers (t = 64, so D = 2d and ``h t = d``), the TransEvolve 1x6 encoder costs
-``60 d^2 + 8 n d`` against ``72 d^2 + 12 n d``: ratios 1.26x at n = 512 and 1.36x at n = 2048.
+With width 256, 4 heads, FF 1024, 6 layers (t = 64, so D = 2d and ``h t = d``), the Transformer encoder costs
+``72 d^2 + 12 n d`` per token. The TransEvolve 1x6 encoder costs ``60 d^2 + 8 n d`` counted as in the issue
+(kappa included: ratios 1.26x at n = 512, 1.36x at n = 2048) and about ``58 d^2 + 8 n d`` on the fast paths,
+which never form kappa (ratios 1.29x and 1.37x).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from transevolve.config import ModelConfig
 from transevolve.params import ParameterCount, count_parameters
@@ -31,49 +37,51 @@ from transevolve.params import ParameterCount, count_parameters
 __all__ = ["ParameterCount", "count_parameters", "flop_breakdown", "flops_per_token"]
 
 
-def _self_stack(c: ModelConfig, n: int, include_inert: bool) -> dict[str, float]:
-    """Forward MACs per token of one stack's self-attention and FF parts, by component."""
-    d, f, h, big, ht = c.width, c.ff_width, c.num_heads, c.score_width, c.num_heads * c.time_dim
-    depth, blocks = c.depth, c.num_blocks
-    parts = {"feed_forward": depth * 2 * d * f}
-    if c.attention == "softmax":
-        parts["projections"] = depth * 4 * d * d
-        parts["attention_n2"] = depth * 2 * n * d
-        return parts
-    parts["projections"] = blocks * (2 * d * big + big * ht * (2 if include_inert else 1)) + depth * (d * d + ht)
-    parts["attention_n2"] = blocks * n * big + depth * n * (d + h)
-    return parts
+Path = Literal["fast", "reference"]
 
 
-def _cross(c: ModelConfig, n: int) -> dict[str, float]:
-    """Forward MACs per target token of the cross-attention (memory of ``n`` tokens), by component."""
+def _evolved(c: ModelConfig, n: int, path: Path) -> dict[str, float]:
+    """Forward MACs per query token of one evolved attention type over a stack (keys: ``n`` tokens)."""
     d, h, big, ht = c.width, c.num_heads, c.score_width, c.num_heads * c.time_dim
     depth, blocks = c.depth, c.num_blocks
+    if path == "fast":
+        return {"projections": blocks * 2 * d * big + depth * (d * d + big * h),
+                "attention_n2": blocks * n * big + depth * n * (d + h)}
+    inert = big * ht if c.fidelity == "official" else 0
+    return {"projections": blocks * (2 * d * big + big * ht + inert) + depth * (d * d + ht),
+            "attention_n2": blocks * n * big + depth * n * d}
+
+
+def _attention(c: ModelConfig, n: int, path: Path) -> dict[str, float]:
     if c.attention == "softmax":
-        return {"projections": depth * 4 * d * d, "attention_n2": depth * 2 * n * d}
-    return {"projections": blocks * (2 * d * big + big * ht) + depth * (d * d + ht),
-            "attention_n2": blocks * n * big + depth * n * (d + h)}
+        return {"projections": c.depth * 4 * c.width * c.width, "attention_n2": c.depth * 2 * n * c.width}
+    return _evolved(c, n, path)
 
 
-def flop_breakdown(config: ModelConfig, seq_len: int, include_inert: bool = False) -> dict[str, float]:
+def flop_breakdown(config: ModelConfig, seq_len: int, path: Path = "fast") -> dict[str, float]:
     """Forward FLOPs per token by component (``projections``, ``attention_n2``, ``feed_forward``, ``head``).
 
     Encoder-decoder: per target token with source and target both ``seq_len`` long (encoder + decoder + logits).
+    ``path`` picks which TransEvolve computation is counted (see the module docstring).
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    if path not in ("fast", "reference"):
+        raise ValueError(f"path must be 'fast' or 'reference', got {path!r}")
     total: dict[str, float] = {"projections": 0.0, "attention_n2": 0.0, "feed_forward": 0.0, "head": 0.0}
 
     def add(parts: dict[str, float]) -> None:
         for key, value in parts.items():
             total[key] += value
 
-    if config.has_encoder:
-        add(_self_stack(config, seq_len, include_inert))
+    feed_forward = {"feed_forward": config.depth * 2 * config.width * config.ff_width}
+    stacks = int(config.has_encoder) + int(config.has_decoder)
+    for _ in range(stacks):
+        add(_attention(config, seq_len, path))
+        add(feed_forward)
+    if config.kind == "encoder_decoder":
+        add(_attention(config, seq_len, path))                                   # cross-attention
     if config.has_decoder:
-        add(_self_stack(config, seq_len, include_inert))
-        if config.kind == "encoder_decoder":
-            add(_cross(config, seq_len))
         total["head"] += config.width * config.vocab_size
     if config.kind == "classifier":
         assert config.num_classes is not None
@@ -82,6 +90,6 @@ def flop_breakdown(config: ModelConfig, seq_len: int, include_inert: bool = Fals
     return {key: 2.0 * value for key, value in total.items()}
 
 
-def flops_per_token(config: ModelConfig, seq_len: int, include_inert: bool = False) -> float:
+def flops_per_token(config: ModelConfig, seq_len: int, path: Path = "fast") -> float:
     """Forward FLOPs per token of ``config`` at sequence length ``seq_len`` (a training step: 3x this)."""
-    return sum(flop_breakdown(config, seq_len, include_inert).values())
+    return sum(flop_breakdown(config, seq_len, path).values())
