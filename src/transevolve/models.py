@@ -13,7 +13,8 @@ standard softmax attention, and nothing else changes, so comparisons differ only
 Incremental decoding (``decode_step`` of the decoder models, driven by :mod:`transevolve.decoding`) runs the
 same layers on new positions only, with a :class:`DecodeCache` holding per block the projected keys and ``kappa``
 (evolved) and per layer the key biases and normalised values (evolved) or keys and values (softmax); the
-cross-attention terms are computed once per source.
+cross-attention terms are computed once per source. The evolved key bias of a new key is ``K (P_Q . tau_l)``
+(``P_Q . tau_l`` cached per layer), so ``kappa`` is not needed.
 
 Legend: ``b`` batch, ``s`` source length, ``n`` target / sequence length, ``m`` new positions, ``d`` width,
 ``V`` vocabulary, ``C`` classes.
@@ -32,6 +33,7 @@ from transevolve.modules.embedding import TiedEmbedding
 from transevolve.modules.evolved_attention import (
     BlockInteraction,
     BlockScores,
+    CacheStore,
     EvolvedAttention,
     FastScores,
     append_cache,
@@ -81,13 +83,14 @@ class DecodeCache:
         length: positions processed so far.
         key_pad: ``(b, length)`` bool, padded positions among them (e.g. after a sequence finished).
         store: cached tensors by module path: per block ``keys (b, h, n, D/h)`` (evolved, self and cross), per
-            layer ``bias (b, h, n)`` and ``values (b, h, n, d/h)`` (evolved) or ``keys``/``values`` (softmax).
+            layer ``bias (b, h, n)`` and ``values (b, h, n, d/h)`` (evolved; ``P_Q . tau_l`` in
+            ``store.constants``) or ``keys``/``values`` (softmax).
     """
 
     def __init__(self) -> None:
         self.length = 0
         self.key_pad: torch.Tensor | None = None
-        self.store: dict[str, torch.Tensor] = {}
+        self.store = CacheStore()
 
     def reorder(self, index: torch.Tensor, keep_cross: bool = False) -> None:
         """Keep batch rows ``index`` (in that order) of every cached tensor (beam search).
@@ -95,8 +98,7 @@ class DecodeCache:
         ``keep_cross=True`` leaves the cross-attention entries alone: they depend on the source only, so this is
         exact when ``index`` moves rows only among rows that share a source (the hypotheses of one sentence).
         """
-        self.store = {name: tensor if keep_cross and ".cross." in name else tensor.index_select(0, index)
-                      for name, tensor in self.store.items()}
+        self.store = self.store.index_select(index, keep=lambda name: keep_cross and ".cross." in name)
         if self.key_pad is not None:
             self.key_pad = self.key_pad.index_select(0, index)
 
@@ -134,10 +136,12 @@ class StepMasks:
 @dataclass
 class StepScores:
     """Block-level evolved scores of ``m`` new queries: ``initial`` ``A0 (b, h, m, k)`` against every key so far,
-    ``new_key_time`` ``kappa (b, h, j, t)`` of the keys added by this call (None when nothing was added)."""
+    ``new_keys`` ``K (b, j, D)`` added by this call (None when nothing was added) and the interaction's
+    ``time_weight`` ``P_Q (D, h, t)`` (the key bias at depth l is ``K (P_Q . tau_l)``)."""
 
     initial: torch.Tensor
-    new_key_time: torch.Tensor | None
+    new_keys: torch.Tensor | None
+    time_weight: torch.Tensor
 
 
 def _attention(config: ModelConfig, depth: int, cross: bool) -> nn.Module:
@@ -181,18 +185,18 @@ class Layer(nn.Module):
         """Incremental decoding: ``x (b, m, d)`` new positions -> ``(b, m, d)``, growing the cache."""
         if isinstance(self.self_attention, EvolvedAttention):
             assert self_scores is not None
-            x = x + self.self_attention.step(self_scores.initial, self_scores.new_key_time, x, store,
-                                             prefix + "self.", self_masks.visible, self_masks.blocked_rows)
+            x = x + self.self_attention.step(self_scores.initial, self_scores.new_keys, x, store, prefix + "self.",
+                                             self_masks.visible, self_masks.blocked_rows, self_scores.time_weight)
         else:
             x = x + self.self_attention.step(x, store, prefix + "self.", self_masks.allowed)
         if self.cross_attention is not None:
             assert memory is not None and cross_masks is not None
             if isinstance(self.cross_attention, EvolvedAttention):
                 assert cross_scores is not None
-                new_values = memory if cross_scores.new_key_time is not None else None
-                x = x + self.cross_attention.step(cross_scores.initial, cross_scores.new_key_time, new_values,
-                                                  store, prefix + "cross.", cross_masks.visible,
-                                                  cross_masks.blocked_rows)
+                new_values = memory if cross_scores.new_keys is not None else None
+                x = x + self.cross_attention.step(cross_scores.initial, cross_scores.new_keys, new_values, store,
+                                                  prefix + "cross.", cross_masks.visible, cross_masks.blocked_rows,
+                                                  cross_scores.time_weight)
             else:
                 x = x + self.cross_attention.step(x, store, prefix + "cross.", cross_masks.allowed, memory)
         return x + self.feed_forward(x)
@@ -239,6 +243,10 @@ class Block(nn.Module):
             trace.block_outputs.append(x)
         return x
 
+    def _key_heads(self, keys: torch.Tensor) -> torch.Tensor:
+        b, n, big = keys.shape
+        return keys.view(b, n, self.num_heads, big // self.num_heads).transpose(1, 2)
+
     def step(self, x: torch.Tensor, memory: torch.Tensor | None, store: dict[str, torch.Tensor], prefix: str,
              self_masks: StepMasks, cross_masks: StepMasks | None) -> torch.Tensor:
         """Incremental decoding of ``x (b, m, d)`` (the block input at the new positions) -> ``(b, m, d)``.
@@ -248,17 +256,20 @@ class Block(nn.Module):
         """
         self_scores = cross_scores = None
         if self.self_interaction is not None:
-            queries = self.self_interaction.project_queries(x)
-            keys, key_time = self.self_interaction.project_keys(x)
-            keys = append_cache(store, prefix + "self.keys", keys, dim=2)
-            self_scores = StepScores(queries @ keys.transpose(-1, -2), key_time)
+            interaction = self.self_interaction
+            new_keys = interaction.project_flat_keys(x)                                       # (b, m, D)
+            keys = append_cache(store, prefix + "self.keys", self._key_heads(new_keys), dim=2)
+            self_scores = StepScores(interaction.project_queries(x) @ keys.transpose(-1, -2), new_keys,
+                                     interaction.query_time)
         if self.cross_interaction is not None:
             assert memory is not None
-            queries = self.cross_interaction.project_queries(x)
-            key_time = None
+            interaction = self.cross_interaction
+            new_keys = None
             if prefix + "cross.keys" not in store:
-                store[prefix + "cross.keys"], key_time = self.cross_interaction.project_keys(memory)
-            cross_scores = StepScores(queries @ store[prefix + "cross.keys"].transpose(-1, -2), key_time)
+                new_keys = interaction.project_flat_keys(memory)                              # once per source
+                store[prefix + "cross.keys"] = self._key_heads(new_keys)
+            initial = interaction.project_queries(x) @ store[prefix + "cross.keys"].transpose(-1, -2)
+            cross_scores = StepScores(initial, new_keys, interaction.query_time)
         for index, layer in enumerate(self.layers):
             x = layer.step(x, memory, store, f"{prefix}layers.{index}.", self_masks, cross_masks, self_scores,
                            cross_scores)

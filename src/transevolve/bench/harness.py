@@ -220,8 +220,10 @@ def run_group(specs: list[ModelSpec], length: int, batch: int, rounds: int, warm
     for spec in specs:
         torch.manual_seed(0)
         model = build(spec)
+        path = "reference" if spec.config.attention == "evolved" and spec.config.attention_impl == "reference" \
+            else "fast"
         measurement = Measurement(spec.name, length, batch, count_model_parameters(model),
-                                  flops_per_token(spec.config, length))
+                                  flops_per_token(spec.config, length, path))
         measurements.append(measurement)
         if spec.max_length is not None and length > spec.max_length:
             measurement.skipped = f"longer than its max_length {spec.max_length}"

@@ -45,6 +45,7 @@ class SuiteOptions:
     mfu: bool = True
     mfu_length: int = 512
     decode_tokens: int = 256
+    decode_batches: tuple[int, ...] = (4, 16)
     decode_kinds: tuple[str, ...] = ("encoder_decoder", "decoder")
     decode_width: int = 256
     check_length: int = 256
@@ -68,7 +69,8 @@ def preset(name: str) -> SuiteOptions:
         return SuiteOptions(lengths=[128, 512], models=QUICK_MODELS, tokens_per_batch=1024, rounds=2, warmup=1,
                             memory_lengths=[512], memory_models=["transformer", "transevolve-full-1x6/factorised",
                                                                  "transevolve-full-1x6/low_memory"],
-                            mfu=False, decode_tokens=32, decode_kinds=("encoder_decoder",), decode_width=128,
+                            mfu=False, decode_tokens=32, decode_batches=(4,), decode_kinds=("encoder_decoder",),
+                            decode_width=128,
                             check_length=128)
     raise ValueError(f"unknown preset {name!r}; choose quick or full")
 
@@ -128,8 +130,9 @@ def run_suite(options: SuiteOptions, log: Callable[[str], None] = print) -> dict
         results["decode"] = []
         for spec in decode_specs(width=options.decode_width, heads=options.heads, depth=options.depth,
                                  kinds=options.decode_kinds):
-            log(f"decode: {spec.name}, {options.decode_tokens} tokens, cached and uncached")
-            results["decode"].append(run_decode(spec, options.decode_tokens))
+            for batch in options.decode_batches:
+                log(f"decode: {spec.name}, batch {batch}, {options.decode_tokens} tokens, cached and uncached")
+                results["decode"].append(run_decode(spec, options.decode_tokens, batch))
     log(f"fast-path check at n={options.check_length}")
     results["fast_path_check"] = _check_fast_paths(specs, options.check_length, 2)
     results["seconds"] = time.perf_counter() - started

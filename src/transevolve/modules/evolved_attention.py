@@ -43,6 +43,7 @@ the official ``-1e9`` mask makes them do in float32; the fast paths write that m
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -437,6 +438,10 @@ class BlockInteraction(nn.Module):
         head = big // self.num_heads
         return (queries * (1.0 / math.sqrt(head))).view(b, n, self.num_heads, head).transpose(1, 2)
 
+    def project_flat_keys(self, source: torch.Tensor) -> torch.Tensor:
+        """``(b, k, d)`` -> ``K`` ``(b, k, D)`` (heads are contiguous D/h slices)."""
+        return self.dropout(self.key_proj(source))
+
     def project_keys(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(b, k, d)`` -> key heads ``(b, h, k, D/h)`` and ``kappa (b, h, k, t)``."""
         keys = self.dropout(self.key_proj(source))
@@ -499,11 +504,14 @@ class EvolvedAttention(nn.Module):
         tau = time_signal(self.time_amplitudes, self.depth, self.time_period).view(self.num_heads, -1)
         return torch.einsum("bhkt,ht->bhk", key_time, tau)
 
+    def bias_mixing(self, time_weight: torch.Tensor) -> torch.Tensor:
+        """``P_Q . tau_l``: ``time_weight (D, h, t)`` -> ``(D, h)``, so that ``beta_l = K (P_Q . tau_l)``."""
+        tau = time_signal(self.time_amplitudes, self.depth, self.time_period).view(self.num_heads, -1)
+        return torch.einsum("cht,ht->ch", time_weight, tau)
+
     def fast_key_bias(self, block: FastScores) -> torch.Tensor:
         """``beta_l = K (P_Q . tau_l)`` without forming ``kappa``: ``(b, h, k)``."""
-        tau = time_signal(self.time_amplitudes, self.depth, self.time_period).view(self.num_heads, -1)
-        mixing = torch.einsum("cht,ht->ch", block.time_weight, tau)                       # (D, h)
-        return (block.flat_keys @ mixing).transpose(1, 2)
+        return (block.flat_keys @ self.bias_mixing(block.time_weight)).transpose(1, 2)
 
     def scores(self, block: BlockScores, masks: AttentionMasks) -> torch.Tensor:
         """Masked logits ``S_l`` of shape ``(b, h, q, k)``."""
@@ -563,34 +571,91 @@ class EvolvedAttention(nn.Module):
             weights = weights.masked_fill(block.blocked_rows, 1.0 / values.shape[2])
         return self._merge(mixed), weights
 
-    def step(self, initial: torch.Tensor, new_key_time: torch.Tensor | None, new_values: torch.Tensor | None,
-             store: dict[str, torch.Tensor], prefix: str, visible: torch.Tensor, blocked_rows: torch.Tensor
-             ) -> torch.Tensor:
+    def step(self, initial: torch.Tensor, new_keys: torch.Tensor | None, new_values: torch.Tensor | None,
+             store: dict[str, torch.Tensor], prefix: str, visible: torch.Tensor, blocked_rows: torch.Tensor,
+             time_weight: torch.Tensor) -> torch.Tensor:
         """Incremental decoding: the update for ``m`` new query positions, caching key biases and values.
 
         Args:
             initial: ``A0`` of the new queries against every key so far, ``(b, h, m, k)``.
-            new_key_time: ``kappa`` of the keys added by this call, ``(b, h, j, t)`` (None: nothing new).
+            new_keys: ``K`` of the keys added by this call, ``(b, j, D)`` (None: nothing new).
             new_values: states added as values by this call, ``(b, j, d)`` (None: nothing new).
             store: the decoding cache; ``prefix + "bias"`` ``(b, h, k)`` and ``prefix + "values"``
-                ``(b, h, k, d/h)`` grow along the key axis.
+                ``(b, h, k, d/h)`` grow along the key axis; ``prefix + "mixing"`` in ``store.constants`` holds ``P_Q . tau_l``.
             visible: ``(b, 1, m, k)`` bool; blocked_rows: ``(b, 1, m, 1)`` bool (uniform over every key).
+            time_weight: the block interaction's ``P_Q`` ``(D, h, t)``.
 
         Returns:
             ``(b, m, d)``.
         """
-        if new_key_time is not None:
-            append_cache(store, prefix + "bias", self.key_bias(new_key_time), dim=2)
-        if new_values is not None:
+        if new_keys is None:
+            bias = store[prefix + "bias"]
+        else:
+            constants = store.constants if isinstance(store, CacheStore) else {}
+            mixing = constants.get(prefix + "mixing")
+            if mixing is None:
+                mixing = constants[prefix + "mixing"] = self.bias_mixing(time_weight)
+            bias = append_cache(store, prefix + "bias", (new_keys @ mixing).transpose(1, 2), dim=2)
+        values = store[prefix + "values"] if new_values is None else \
             append_cache(store, prefix + "values", self._heads(self.value_norm(new_values)), dim=2)
-        bias, values = store[prefix + "bias"], store[prefix + "values"]
         logits = (initial + bias.unsqueeze(2)).masked_fill(~visible, float("-inf"))
         weights = torch.softmax(logits.masked_fill(blocked_rows | ~visible.any(-1, keepdim=True), 0.0), dim=-1)
         return self._merge(weights @ values)
 
 
+class CacheStore(dict[str, torch.Tensor]):
+    """The tensors of an incremental-decoding cache by name; growing ones live in over-allocated buffers.
+
+    ``store[name]`` is always the valid part. :func:`append_cache` writes into ``buffers[name] = (buffer, dim)``,
+    doubling its capacity when full, so appending one position costs O(1) amortised instead of a full copy.
+    ``constants`` holds tensors that are not per sequence (left alone by reordering).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffers: dict[str, tuple[torch.Tensor, int]] = {}
+        self.constants: dict[str, torch.Tensor] = {}          # not per sequence (e.g. P_Q . tau_l)
+
+    def index_select(self, index: torch.Tensor, keep: Callable[[str], bool] = lambda name: False) -> CacheStore:
+        """A store with batch rows ``index`` of every entry (entries where ``keep(name)`` are shared as is)."""
+        selected = CacheStore()
+        selected.constants = self.constants
+        for name, tensor in self.items():
+            if keep(name):
+                selected[name] = tensor
+                if name in self.buffers:
+                    selected.buffers[name] = self.buffers[name]
+            elif name in self.buffers:
+                buffer, dim = self.buffers[name]
+                buffer = buffer.index_select(0, index)
+                selected.buffers[name] = (buffer, dim)
+                selected[name] = buffer.narrow(dim, 0, tensor.shape[dim])
+            else:
+                selected[name] = tensor.index_select(0, index)
+        return selected
+
+
 def append_cache(store: dict[str, torch.Tensor], name: str, new: torch.Tensor, dim: int) -> torch.Tensor:
-    """``store[name] = cat(store[name], new, dim)`` (or ``new`` when absent); returns the grown tensor."""
+    """Grow ``store[name]`` by ``new`` along ``dim`` (create it when absent); returns the grown tensor.
+
+    With a :class:`CacheStore` the data goes into an over-allocated buffer (amortised O(1) per position);
+    with a plain dict it is concatenated.
+    """
     old = store.get(name)
-    store[name] = new if old is None else torch.cat([old, new], dim=dim)
+    if not isinstance(store, CacheStore):
+        store[name] = new if old is None else torch.cat([old, new], dim=dim)
+        return store[name]
+    length = 0 if old is None else old.shape[dim]
+    needed = length + new.shape[dim]
+    buffer = store.buffers[name][0] if name in store.buffers else None
+    if buffer is None or buffer.shape[dim] < needed:
+        shape = list(new.shape)
+        shape[dim] = max(16, 2 * needed)
+        grown = new.new_empty(shape)
+        if old is not None:
+            grown.narrow(dim, 0, length).copy_(old)
+        buffer = grown
+        store.buffers[name] = (buffer, dim)
+    buffer.narrow(dim, length, new.shape[dim]).copy_(new)
+    store[name] = buffer.narrow(dim, 0, needed)
     return store[name]
