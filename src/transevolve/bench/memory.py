@@ -3,12 +3,12 @@
 JSON: ``{"spec": ModelSpec.to_dict(), "length": n, "batch": b, "mode": "train" | "infer"}``. Prints
 ``{"peak_mb": ..., "baseline_mb": ...}``: the resident-set high-water mark after the step minus the resident set
 just before it, with model, optimizer and batch already built and one tiny matmul run so that the math libraries
-are loaded. The high-water mark is reset right before the step (Linux ``/proc/self/clear_refs``, value 5), so
-the memory used while building the model does not hide the step's peak; without that file it falls back to the
-``ru_maxrss`` difference (a lower bound). The parent starts this process with ``MALLOC_MMAP_THRESHOLD_=65536``
-(and ``malloc_trim`` runs before the baseline) so that freed tensors go back to the system instead of being
-reused from the heap unseen. A training step is the first one, so the Adam state it allocates is
-included; an inference step runs under ``torch.inference_mode``.
+are loaded. The high-water mark is reset right before the step (Linux ``/proc/self/clear_refs``, value 5) so that
+building the model does not hide the step's peak, and read from ``VmHWM`` in ``/proc/self/status`` (without /proc:
+the ``ru_maxrss`` difference, a lower bound). The parent starts this process with ``MALLOC_MMAP_THRESHOLD_=65536``
+and ``malloc_trim`` runs before the baseline, so that freed tensors go back to the system instead of being reused
+from the heap unseen. A training step is the first one, so the Adam state it allocates is included; an inference
+step runs under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,19 @@ from transevolve.bench.harness import ModelSpec, build, make_batch, step_functio
 
 
 def _max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0          # Linux: kilobytes
+    """The resident-set high-water mark (``VmHWM``; ``ru_maxrss`` where /proc is missing), in MB.
+
+    ``ru_maxrss`` is not used on Linux: it survives ``execve``, so a child started by a big parent would report
+    the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0                               # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _reset_peak() -> float:
