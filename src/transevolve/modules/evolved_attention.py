@@ -30,14 +30,19 @@ Execution paths (``ModelConfig.attention_impl``; all compute the same function u
   readable baseline, and used whenever attention weights or block scores are requested).
 - ``factorised``: ``softmax_k(A0 + beta) V = E (w * V) / (E w)`` with ``E = exp(A0 - max_k A0)`` (masked entries 0)
   computed once per block and ``w = exp(beta - max beta)`` per layer, so a layer costs one batched matmul of
-  ``E`` with ``[w * V, w]`` and no n x n exponentials. Rows whose denominator ``E w`` would underflow (logits
-  spread over more than ~70 nats in opposite directions) are recomputed exactly.
+  ``E`` with ``[w * V, w]`` and no n x n exponentials. ``E``'s gradient is gathered from all layers and formed
+  once per block (:class:`_Kernel`). Rows whose denominator ``E w`` would underflow (logits spread over more than
+  ~70 nats in opposite directions) are recomputed exactly.
 - ``low_memory``: ``A0 + beta = [q / sqrt(D/h); 1] . [k; beta]``, so the key bias is folded into augmented
-  queries/keys of a fused ``scaled_dot_product_attention`` (values zero-padded to the same width, as the fused
-  CPU kernel needs equal widths) and no n x n tensor is ever stored.
+  queries/keys of a fused flash-attention kernel (values zero-padded to the same width, as the fused CPU kernel
+  needs equal widths; :class:`_FusedAttention` keeps only the unpadded tensors for backward), and no n x n tensor
+  is ever stored.
 
-Fully blocked query rows (official masks: padded queries, or no visible key) attend uniformly to every key, as
-the official ``-1e9`` mask makes them do in float32; the fast paths write that mean of the values directly.
+Both fast paths skip the inert terms and never form ``kappa``: the key bias at depth l is ``K (P_Q . tau_l)``
+(``D h`` multiply-adds per key and layer). Fully blocked query rows (official masks: padded queries, or no
+visible key) attend uniformly to every key, as the official ``-1e9`` mask makes them do in float32; the fast
+paths write that mean of the values directly and add a zero-valued term that carries the gradient the reference
+path's autograd gives those rows (:func:`blocked_row_surrogate`), so training matches too.
 """
 
 from __future__ import annotations
@@ -581,7 +586,8 @@ class EvolvedAttention(nn.Module):
             new_keys: ``K`` of the keys added by this call, ``(b, j, D)`` (None: nothing new).
             new_values: states added as values by this call, ``(b, j, d)`` (None: nothing new).
             store: the decoding cache; ``prefix + "bias"`` ``(b, h, k)`` and ``prefix + "values"``
-                ``(b, h, k, d/h)`` grow along the key axis; ``prefix + "mixing"`` in ``store.constants`` holds ``P_Q . tau_l``.
+                ``(b, h, k, d/h)`` grow along the key axis; ``store.constants[prefix + "mixing"]`` holds
+                ``P_Q . tau_l``.
             visible: ``(b, 1, m, k)`` bool; blocked_rows: ``(b, 1, m, 1)`` bool (uniform over every key).
             time_weight: the block interaction's ``P_Q`` ``(D, h, t)``.
 
