@@ -38,6 +38,7 @@ from transevolve.modules.evolved_attention import (
     FastScores,
     append_cache,
     fully_blocked_rows,
+    precompute_key_biases,
     resolve_impl,
     visible_keys,
 )
@@ -231,9 +232,13 @@ class Block(nn.Module):
         self_scores = cross_scores = None
         if self.self_interaction is not None:
             self_scores = self._scores(self.self_interaction, x, x, self_masks, record)
+            if isinstance(self_scores, FastScores):
+                precompute_key_biases(self_scores, [layer.self_attention for layer in self.layers])
         if self.cross_interaction is not None:
             assert memory is not None and cross_masks is not None
             cross_scores = self._scores(self.cross_interaction, x, memory, cross_masks, record)
+            if isinstance(cross_scores, FastScores):
+                precompute_key_biases(cross_scores, [layer.cross_attention for layer in self.layers])
         if trace is not None and isinstance(self_scores, BlockScores):
             trace.block_scores.append(self_scores)
         for layer in self.layers:

@@ -150,6 +150,8 @@ class FastScores:
         causal: causal self-attention.
         kernel: factorised only: ``E = exp(A0 - max)`` with invisible entries 0, ``(b, h, q, k)``.
         augmented_queries: low_memory only: ``[queries, 1]``, ``(b, h, q, D/h + 1)``.
+        layer_biases: the key bias ``(b, h, k)`` of every layer of the block by depth, from one matmul
+            (:func:`precompute_key_biases`); None: each layer computes its own.
     """
 
     impl: Impl
@@ -164,6 +166,7 @@ class FastScores:
     causal: bool
     kernel: torch.Tensor | None = None
     augmented_queries: torch.Tensor | None = None
+    layer_biases: list[torch.Tensor] | None = None
 
 
 def _kernel_values(queries: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor, masked: bool
@@ -179,7 +182,8 @@ class _Kernel(torch.autograd.Function):
     """``E = exp(q k^T - row max)`` (invisible entries 0) with a fused backward.
 
     The gradient of ``E`` is ``sum_l G_l P_l^T`` over the layers that used it (``mixed_l = E P_l``); those
-    layers leave ``(G_l, P_l)`` in the collector instead of each producing an n x n gradient, so the backward
+    layers (:class:`_FactorisedMix`) leave ``(G_l, P_l)`` in the collector instead of each producing an n x n
+    gradient, so the backward
     is one matmul ``[G_1 .. G_L] [P_1 .. P_L]^T``, one in-place product with ``E`` (the exp; invisible entries
     are 0 in ``E``) and the two matmuls into ``q`` and ``k``. The row maximum cancels in the attention, so it
     carries no gradient.
@@ -216,29 +220,72 @@ class _Kernel(torch.autograd.Function):
         return grad_queries, grad_keys, None, None, None
 
 
-class _KernelMix(torch.autograd.Function):
-    """``E @ P`` whose backward returns ``P``'s gradient and leaves ``(G, P)`` for :class:`_Kernel`."""
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, kernel: torch.Tensor, packed: torch.Tensor,
-                collector: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        ctx.save_for_backward(kernel, packed)
-        ctx.collector = collector  # type: ignore[attr-defined]
-        return _mix(kernel, packed)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        kernel, packed = ctx.saved_tensors
-        if ctx.needs_input_grad[0]:
-            ctx.collector.append((grad, packed))
-        grad_packed = (grad.mT @ kernel).mT if ctx.needs_input_grad[1] else None      # E^T G, faster this way
-        return None, grad_packed, None
-
-
 def _mix(kernel: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     """``E @ P`` computed as ``(P^T E^T)^T`` (a transposed view): 10-20% faster with MKL for a narrow ``P``."""
     return (packed.mT @ kernel.mT).mT
+
+
+class _FactorisedMix(torch.autograd.Function):
+    """One factorised layer: ``out = N / den`` with ``[N, den] = E [w V, w]``, and a compact backward.
+
+    Backward: ``G_mixed = [G, -sum_c G * out] / den`` (one (b, h, q, v + 1) tensor), ``dP = E^T G_mixed``, then
+    ``dV = w dP_v`` and ``dw = sum_c dP_v V + dP_den``; ``(G_mixed, P)`` goes to ``E``'s collector. The packed
+    ``P`` is rebuilt in backward rather than saved. Rows whose denominator is below the underflow floor are divided
+    by 1 (and replaced by the caller); ``small`` marks them.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, kernel: torch.Tensor, values: torch.Tensor, weights: torch.Tensor,
+                parts: list[tuple[torch.Tensor, torch.Tensor]] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        out, small, denominator = _mix_divide(kernel, _pack(values, weights))
+        ctx.save_for_backward(kernel, values, weights, out, denominator)
+        ctx.parts = parts  # type: ignore[attr-defined]
+        ctx.mark_non_differentiable(small)
+        return out, small
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor, _: Any) -> tuple[torch.Tensor | None, ...]:
+        kernel, values, weights, out, denominator = ctx.saved_tensors
+        width = values.shape[-1]
+        grad_mixed = grad.new_empty(*grad.shape[:-1], width + 1)
+        torch.div(grad, denominator, out=grad_mixed[..., :width])
+        grad_mixed[..., width:] = -(grad * out).sum(-1, keepdim=True) / denominator
+        packed = _pack(values, weights)
+        grad_kernel = None
+        if ctx.needs_input_grad[0]:
+            if ctx.parts is not None:
+                ctx.parts.append((grad_mixed, packed))
+            else:
+                grad_kernel = grad_mixed @ packed.mT
+        grad_packed = (grad_mixed.mT @ kernel).mT                                        # E^T G_mixed
+        grad_values = grad_packed[..., :width] * weights if ctx.needs_input_grad[1] else None
+        grad_weights = None
+        if ctx.needs_input_grad[2]:
+            grad_weights = (grad_packed[..., :width] * values).sum(-1, keepdim=True) + grad_packed[..., width:]
+        return grad_kernel, grad_values, grad_weights, None
+
+
+def _pack(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``[w * V, w]``: ``values (b, h, k, v)``, ``weights (b, h, k, 1)`` -> ``(b, h, k, v + 1)`` (no autograd)."""
+    b, h, n_k, width = values.shape
+    packed = values.new_empty(b, h, n_k, width + 1)
+    torch.mul(values, weights, out=packed[..., :width])
+    packed[..., width:] = weights
+    return packed
+
+
+def _mix_divide(kernel: torch.Tensor, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``N / den`` from ``[N, den] = E P`` (no autograd), written in the ``(b, q, h, v)`` layout the output projection
+    reads; returns it as a ``(b, h, q, v)`` view, the underflow mask and the (safe) denominator ``(b, h, q, 1)``."""
+    mixed = _mix(kernel, packed)
+    numerator, denominator = mixed[..., :-1], mixed[..., -1:]
+    small = denominator < _underflow_floor(denominator.dtype)
+    denominator = denominator.masked_fill(small, 1.0)
+    b, h, n_q, width = numerator.shape
+    out = numerator.new_empty(b, n_q, h, width).transpose(1, 2)
+    torch.div(numerator, denominator, out=out)
+    return out, small, denominator
 
 
 def _tracks_grad(*tensors: torch.Tensor) -> bool:
@@ -299,15 +346,11 @@ def factorised_attention(block: FastScores, bias: torch.Tensor, values: torch.Te
     assert block.kernel is not None
     masked = bias.masked_fill(block.key_pad[:, None, :], float("-inf"))
     weights = (masked - _finite_or_zero(masked.detach().amax(-1, keepdim=True))).exp().unsqueeze(-1)
-    packed = torch.cat([values * weights, weights], dim=-1)                           # (b, h, k, v + 1)
-    parts = getattr(block.kernel, "gradient_parts", None)
-    if parts is not None and _tracks_grad(block.kernel):
-        mixed = _KernelMix.apply(block.kernel, packed, parts)                          # (b, h, q, v + 1)
+    if _tracks_grad(block.kernel, weights, values):
+        parts = getattr(block.kernel, "gradient_parts", None)
+        out, small = _FactorisedMix.apply(block.kernel, values, weights, parts)
     else:
-        mixed = _mix(block.kernel, packed)
-    numerator, denominator = mixed[..., :-1], mixed[..., -1:]
-    small = denominator < _underflow_floor(denominator.dtype)
-    out = numerator / denominator.masked_fill(small, 1.0)
+        out, small, _ = _mix_divide(block.kernel, _pack(values, weights))
     rescue = small & ~block.blocked_rows
     if bool(rescue.any()):
         out = _rescue_rows(out, rescue, block, bias, values)
@@ -560,7 +603,8 @@ class EvolvedAttention(nn.Module):
     def _fast(self, block: FastScores, values_source: torch.Tensor, return_weights: bool
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         values = self._heads(self.value_norm(values_source))                            # (b, h, k, d/h)
-        bias = self.fast_key_bias(block)                                                # (b, h, k)
+        biases = block.layer_biases
+        bias = biases[self.depth] if biases is not None else self.fast_key_bias(block)  # (b, h, k)
         if block.impl == "factorised":
             mixed = factorised_attention(block, bias, values)
         else:
@@ -665,3 +709,12 @@ def append_cache(store: dict[str, torch.Tensor], name: str, new: torch.Tensor, d
     buffer.narrow(dim, length, new.shape[dim]).copy_(new)
     store[name] = buffer.narrow(dim, 0, needed)
     return store[name]
+
+
+def precompute_key_biases(block: FastScores, layers: list[EvolvedAttention]) -> None:
+    """Every layer's key bias ``K (P_Q . tau_l)`` from one matmul ``K [M_0 .. M_{L-1}]`` (one pass over ``K``
+    instead of L, and one gradient for ``K`` instead of L accumulated ones); stored in ``block.layer_biases``."""
+    heads = block.keys.shape[1]
+    mixing = torch.cat([layer.bias_mixing(block.time_weight) for layer in layers], dim=1)      # (D, L h)
+    biases = (block.flat_keys @ mixing).split(heads, dim=-1)                                  # L x (b, k, h)
+    block.layer_biases = [bias.transpose(1, 2) for bias in biases]
