@@ -342,3 +342,26 @@ def test_random_ff_cache_keeps_outputs() -> None:
         again = model(ids)
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     torch.testing.assert_close(model(ids).detach(), first, rtol=0, atol=0)   # autograd path, no cache
+
+
+def test_kernel_workspace_reuse_is_safe() -> None:
+    """The factorised kernel's buffer is reused across passes, but never while a graph still holds it: two
+    forwards before one backward (gradient accumulation) still give the reference gradients."""
+    config = tiny_config(kind="encoder", attention_impl="factorised")
+    reference, fast = _pair(config.replace(attention_impl="reference"), "factorised")
+    first, second = model_inputs(config, seed=1), model_inputs(config, seed=2)
+    (_loss(reference(*first)) + _loss(reference(*second))).backward()
+    (_loss(fast(*first)) + _loss(fast(*second))).backward()
+    expected, actual = _gradients(reference), _gradients(fast)
+    for name, grad in expected.items():
+        torch.testing.assert_close(actual[name], grad, rtol=0, atol=ATOL, msg=lambda m, n=name: f"{n}: {m}")
+    fast.eval()
+    interaction = fast.encoder.blocks[0].self_interaction
+    with torch.no_grad():
+        out = fast(*first)
+        pointer = interaction.workspaces[0].buffer.data_ptr()
+        again = fast(*first)
+    assert interaction.workspaces[0].buffer.data_ptr() == pointer                     # reused in inference
+    torch.testing.assert_close(again, out, rtol=0, atol=0)
+    copy = __import__("copy").deepcopy(fast)
+    assert copy.encoder.blocks[0].self_interaction.workspaces[0].buffer is None

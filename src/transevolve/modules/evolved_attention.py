@@ -169,9 +169,50 @@ class FastScores:
     layer_biases: list[torch.Tensor] | None = None
 
 
-def _kernel_values(queries: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor, masked: bool
-                   ) -> torch.Tensor:
-    scores = queries @ keys.transpose(-1, -2)
+class Workspace:
+    """A reusable n x n buffer. Fresh multi-megabyte allocations are page-faulted in on first touch (which
+    doubled the cost of the ``A0`` matmul on the benchmark machine), so the buffer is handed out again, as a new
+    view, whenever nothing else holds its storage (an earlier forward's kernel still saved for backward does)."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"buffer": None}
+
+    def get(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        buffer = self.buffer
+        if (buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device
+                or not _sole_owner(buffer)):
+            buffer = self.buffer = like.new_empty(shape)
+        return buffer.view(shape)
+
+
+def _storage_users(tensor: torch.Tensor) -> int:
+    """References to ``tensor``'s storage, counting the temporary storage handle of the query itself (private
+    API; -1 where unavailable)."""
+    try:
+        return int(torch._C._storage_Use_Count(tensor.untyped_storage()._cdata))
+    except (AttributeError, RuntimeError, TypeError):
+        return -1
+
+
+#: What :func:`_storage_users` reports for a tensor that nothing else shares.
+_SOLE_USERS = _storage_users(torch.empty(1))
+
+
+def _sole_owner(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is the only tensor using its storage (False when that cannot be told)."""
+    return _SOLE_USERS > 0 and _storage_users(tensor) == _SOLE_USERS
+
+
+def _kernel_values(queries: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor, masked: bool,
+                   workspace: Workspace | None = None) -> torch.Tensor:
+    if workspace is None:
+        scores = queries @ keys.transpose(-1, -2)
+    else:
+        shape = (*queries.shape[:-1], keys.shape[-2])
+        scores = torch.matmul(queries, keys.transpose(-1, -2), out=workspace.get(shape, queries))
     if masked:
         scores.masked_fill_(~visible, float("-inf"))
     peak = _finite_or_zero(scores.amax(-1, keepdim=True))
@@ -191,10 +232,12 @@ class _Kernel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: FunctionCtx, queries: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor, masked: bool,
-                collector: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        kernel = _kernel_values(queries, keys, visible, masked)
+                collector: list[tuple[torch.Tensor, torch.Tensor]], workspaces: tuple[Workspace, Workspace] | None
+                ) -> torch.Tensor:
+        kernel = _kernel_values(queries, keys, visible, masked, None if workspaces is None else workspaces[0])
         ctx.save_for_backward(queries, keys, kernel)
         ctx.collector = collector  # type: ignore[attr-defined]
+        ctx.workspace = None if workspaces is None else workspaces[1]  # type: ignore[attr-defined]
         ctx.set_materialize_grads(False)
         return kernel
 
@@ -207,17 +250,20 @@ class _Kernel(torch.autograd.Function):
         if parts:
             grads = torch.cat([grad for grad, _ in parts], dim=-1)
             packs = torch.cat([pack for _, pack in parts], dim=-1)
-            total = grads @ packs.transpose(-1, -2)
+            if ctx.workspace is None:
+                total = grads @ packs.transpose(-1, -2)
+            else:
+                total = torch.matmul(grads, packs.transpose(-1, -2), out=ctx.workspace.get(kernel.shape, kernel))
             if grad_kernel is not None:
                 total += grad_kernel
             total.mul_(kernel)
         elif grad_kernel is not None:
             total = grad_kernel * kernel
         else:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         grad_queries = total @ keys if ctx.needs_input_grad[0] else None
         grad_keys = total.transpose(-1, -2) @ queries if ctx.needs_input_grad[1] else None
-        return grad_queries, grad_keys, None, None, None
+        return grad_queries, grad_keys, None, None, None, None
 
 
 def _mix(kernel: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
@@ -292,18 +338,20 @@ def _tracks_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def factorised_kernel(queries: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+def factorised_kernel(queries: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor,
+                      workspaces: tuple[Workspace, Workspace] | None = None) -> torch.Tensor:
     """``E = exp(A0 - max_visible A0)`` with invisible entries 0: ``(b, h, q, k)``, every entry in [0, 1].
 
     The row maximum is a constant per row, so it carries no gradient: the attention does not depend on it.
     With autograd, the returned tensor carries the list (``gradient_parts``) through which
-    :func:`factorised_attention` hands over the layers' gradients.
+    :func:`factorised_attention` hands over the layers' gradients. ``workspaces`` (kernel, gradient) are reused
+    buffers (see :class:`Workspace`).
     """
     masked = not bool(visible.all())
     if not _tracks_grad(queries, keys):
-        return _kernel_values(queries, keys, visible, masked)
+        return _kernel_values(queries, keys, visible, masked, None if workspaces is None else workspaces[0])
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-    kernel = _Kernel.apply(queries, keys, visible, masked, parts)
+    kernel = _Kernel.apply(queries, keys, visible, masked, parts, workspaces)
     kernel.gradient_parts = parts
     return kernel
 
@@ -454,6 +502,7 @@ class BlockInteraction(nn.Module):
         else:
             self.register_parameter("key_time", None)
         self.dropout = nn.Dropout(config.dropout)
+        self.workspaces = (Workspace(), Workspace())             # factorised kernel and its gradient
 
     def forward(self, query_source: torch.Tensor, key_source: torch.Tensor, masks: AttentionMasks | None = None,
                 impl: Impl = "reference") -> BlockScores | FastScores:
@@ -515,7 +564,7 @@ class BlockInteraction(nn.Module):
         block = FastScores(impl, queries, keys, flat_keys, self.query_time, masks.key_pad, visible,
                            blocked[:, None, :, None], bool(blocked.any()), masks.causal, augmented_queries=augmented)
         if impl == "factorised":
-            block.kernel = factorised_kernel(queries, keys, visible)
+            block.kernel = factorised_kernel(queries, keys, visible, self.workspaces)
         return block
 
 
