@@ -11,10 +11,11 @@ standard softmax attention, and nothing else changes, so comparisons differ only
 - Stack: ``N`` blocks.
 
 Incremental decoding (``decode_step`` of the decoder models, driven by :mod:`transevolve.decoding`) runs the
-same layers on new positions only, with a :class:`DecodeCache` holding per block the projected keys and ``kappa``
-(evolved) and per layer the key biases and normalised values (evolved) or keys and values (softmax); the
-cross-attention terms are computed once per source. The evolved key bias of a new key is ``K (P_Q . tau_l)``
-(``P_Q . tau_l`` cached per layer), so ``kappa`` is not needed.
+same layers on new positions only, with a :class:`DecodeCache` holding per block the projected keys ``K`` of
+every earlier block input (evolved: a new position's ``A0`` row needs its query against all of them) and per layer
+the key biases and normalised values (evolved) or keys and values (softmax); the cross-attention terms are
+computed once per source. The evolved key bias of a new key is ``K (P_Q . tau_l)`` (``P_Q . tau_l`` cached per
+layer), so ``kappa`` itself need not be cached.
 
 Legend: ``b`` batch, ``s`` source length, ``n`` target / sequence length, ``m`` new positions, ``d`` width,
 ``V`` vocabulary, ``C`` classes.

@@ -62,7 +62,7 @@ def bench(
     except ValueError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from error
-    command = "transevolve bench " + " ".join(shlex.quote(arg) for arg in sys.argv[2:])
+    command = " ".join(["transevolve bench", *(shlex.quote(arg) for arg in sys.argv[2:])])
     stem = name or ("bench-quick" if quick else "bench-full")
     paths = write(results, out, stem, command)
     typer.echo(markdown({**results, "command": command}, command))

@@ -206,13 +206,21 @@ def _sole_owner(tensor: torch.Tensor) -> bool:
     return _SOLE_USERS > 0 and _storage_users(tensor) == _SOLE_USERS
 
 
+def _head_matmul(left: torch.Tensor, right: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``left @ right`` for ``(b, h, ., .)`` operands that are head views of ``(b, n, h, c)`` projections: one
+    ``bmm`` over the heads per batch row reads the strided views directly, where ``matmul`` would first copy
+    both operands to a contiguous layout."""
+    if out is None:
+        out = left.new_empty(*left.shape[:-1], right.shape[-1])
+    for row in range(left.shape[0]):
+        torch.bmm(left[row], right[row], out=out[row])
+    return out
+
+
 def _kernel_values(queries: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor, masked: bool,
                    workspace: Workspace | None = None) -> torch.Tensor:
-    if workspace is None:
-        scores = queries @ keys.transpose(-1, -2)
-    else:
-        shape = (*queries.shape[:-1], keys.shape[-2])
-        scores = torch.matmul(queries, keys.transpose(-1, -2), out=workspace.get(shape, queries))
+    shape = (*queries.shape[:-1], keys.shape[-2])
+    scores = _head_matmul(queries, keys.mT, None if workspace is None else workspace.get(shape, queries))
     if masked:        # rows without any visible key stay unmasked (finite); the callers replace them
         scores.masked_fill_(~visible & visible.any(-1, keepdim=True), float("-inf"))
     # exp(A0 - logsumexp) row by row, in place: one fused pass (twice as fast as max, subtract, exp); the row
@@ -262,8 +270,8 @@ class _Kernel(torch.autograd.Function):
             total = grad_kernel * kernel
         else:
             return None, None, None, None, None, None
-        grad_queries = total @ keys if ctx.needs_input_grad[0] else None
-        grad_keys = total.transpose(-1, -2) @ queries if ctx.needs_input_grad[1] else None
+        grad_queries = _head_matmul(total, keys) if ctx.needs_input_grad[0] else None
+        grad_keys = _head_matmul(total.mT, queries) if ctx.needs_input_grad[1] else None
         return grad_queries, grad_keys, None, None, None, None
 
 
