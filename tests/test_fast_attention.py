@@ -321,6 +321,9 @@ def test_random_ff_weight_cached_in_eval_and_invalidated() -> None:
     with torch.inference_mode():
         cached = projection.weight()
         assert projection.weight() is cached
+    model.eval()                                                             # already eval: cache kept
+    with torch.inference_mode():
+        assert projection.weight() is cached
     model.double()                                                           # dtype change: rebuilt
     with torch.no_grad():
         assert projection.weight().dtype == torch.float64

@@ -2,9 +2,10 @@
 
 - Every configuration of a group (one sequence length) is built up front and fed the same batch. After warm-up
   (two training steps and two forward passes each), ``rounds`` rounds each time one training step (forward,
-  cross-entropy, backward, Adam step) and one inference forward (``torch.inference_mode``, eval mode) per
-  configuration, in a rotated order; a dense fp32 matmul probe is timed in every round too. Medians over rounds
-  are reported, so slow phases of a noisy machine hit every configuration alike.
+  cross-entropy, backward, Adam step) per configuration, in a rotated order; then, in eval mode, ``rounds``
+  rounds of one inference forward (``torch.inference_mode``) each, so inference is steady state (e.g. the random
+  feed-forward's cached weights). A dense fp32 matmul probe is timed next to every measurement. Medians over
+  rounds are reported, so slow phases of a noisy machine hit every configuration alike.
 - Peak memory is measured in a fresh interpreter per configuration and mode (``python -m
   transevolve.bench.memory``): the resident-set high-water mark of one step (reset just before it) minus the
   resident set before it, with the model, optimizer and batch already built. So it is the step's own peak:
@@ -136,14 +137,16 @@ def step_functions(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def train_step() -> None:
-        model.train()
+        if not model.training:
+            model.train()
         loss = _loss(model(ids), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     def inference() -> None:
-        model.eval()
+        if model.training:
+            model.eval()
         with torch.inference_mode():
             model(ids)
 
@@ -179,6 +182,7 @@ class Measurement:
     train_seconds: list[float] = field(default_factory=list)
     infer_seconds: list[float] = field(default_factory=list)
     peak_flops: list[float] = field(default_factory=list)
+    infer_peak_flops: list[float] = field(default_factory=list)
     train_memory_mb: float | None = None
     infer_memory_mb: float | None = None
     skipped: str | None = None
@@ -187,11 +191,11 @@ class Measurement:
     def tokens(self) -> int:
         return self.batch * self.length
 
-    def _mfu(self, seconds: list[float], multiplier: float) -> float | None:
-        if not seconds:
+    def _mfu(self, seconds: list[float], peaks: list[float], multiplier: float) -> float | None:
+        if not seconds or not peaks:
             return None
         ratios = [multiplier * self.flops_per_token * self.tokens / t / peak
-                  for t, peak in zip(seconds, self.peak_flops, strict=False)]
+                  for t, peak in zip(seconds, peaks, strict=False)]
         return statistics.median(ratios)
 
     def summary(self) -> dict[str, Any]:
@@ -204,10 +208,11 @@ class Measurement:
             "train_step_seconds": train, "infer_seconds": infer,
             "train_tokens_per_second": self.tokens / train if train else None,
             "infer_tokens_per_second": self.tokens / infer if infer else None,
-            "train_mfu": self._mfu(self.train_seconds, 3.0), "infer_mfu": self._mfu(self.infer_seconds, 1.0),
+            "train_mfu": self._mfu(self.train_seconds, self.peak_flops, 3.0),
+            "infer_mfu": self._mfu(self.infer_seconds, self.infer_peak_flops, 1.0),
             "train_memory_mb": self.train_memory_mb, "infer_memory_mb": self.infer_memory_mb,
             "rounds": len(self.train_seconds), "raw": {"train": self.train_seconds, "infer": self.infer_seconds,
-                                                        "peak_flops": self.peak_flops},
+                                                        "peak_flops": self.peak_flops + self.infer_peak_flops},
         }
 
 
@@ -234,14 +239,21 @@ def run_group(specs: list[ModelSpec], length: int, batch: int, rounds: int, warm
             train_step()
             inference()
         runners.append((measurement, train_step, inference))
-    for round_index in range(rounds):
-        shift = round_index % max(1, len(runners))
-        for measurement, train_step, inference in runners[shift:] + runners[:shift]:
-            peak = probe()
-            measurement.train_seconds.append(_timed(train_step))
-            measurement.infer_seconds.append(_timed(inference))
-            measurement.peak_flops.append(peak)
-        log(f"  n={length} round {round_index + 1}/{rounds} done")
+    for phase in ("train", "infer"):
+        if phase == "infer":
+            for _, _, inference in runners:          # back in eval mode: rebuild the random FF weight cache once
+                inference()
+        for round_index in range(rounds):
+            shift = round_index % max(1, len(runners))
+            for measurement, train_step, inference in runners[shift:] + runners[:shift]:
+                peak = probe()
+                if phase == "train":
+                    measurement.train_seconds.append(_timed(train_step))
+                    measurement.peak_flops.append(peak)
+                else:
+                    measurement.infer_seconds.append(_timed(inference))
+                    measurement.infer_peak_flops.append(peak)
+            log(f"  n={length} {phase} round {round_index + 1}/{rounds} done")
     return measurements
 
 

@@ -48,7 +48,7 @@ class TemporalProjection(nn.Module):
 
     The fixed tensors are persistent buffers, so a checkpoint reproduces them exactly. ``W_l`` is built once per
     forward pass (shared by the batch); in eval mode without autograd it is also cached across passes and rebuilt
-    when ``s``, a buffer, the dtype or the device changes (tensor version counters) or on ``train()``.
+    when ``s``, a buffer, the dtype or the device changes (tensor version counters) or on ``train(True)``.
 
     Args:
         in_features, out_features: widths.
@@ -93,7 +93,8 @@ class TemporalProjection(nn.Module):
         return self._cached_weight
 
     def train(self, mode: bool = True) -> TemporalProjection:
-        self._cached_weight = self._cache_key = None
+        if mode or mode != self.training:                      # eval() on an eval module keeps the cache
+            self._cached_weight = self._cache_key = None
         return super().train(mode)
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
