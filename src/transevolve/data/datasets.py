@@ -34,6 +34,15 @@ def check_fraction(name: str, value: float) -> float:
     return value
 
 
+def check_split_fractions(validation_fraction: float, test_fraction: float) -> tuple[float, float]:
+    """Both fractions in [0, 1) and together below 1; returns them."""
+    check_fraction("validation_fraction", validation_fraction)
+    check_fraction("test_fraction", test_fraction)
+    if validation_fraction + test_fraction >= 1:
+        raise ValueError("validation_fraction + test_fraction must be < 1")
+    return validation_fraction, test_fraction
+
+
 def stratified_split(labels: Sequence[int], held_out: dict[str, int], seed: int, salt: str) -> dict[str, list[int]]:
     """Indices per split, class proportions kept: ``held_out`` gives the total size of each held-out split
     (e.g. ``{"validation": 180, "test": 360}``), everything else is ``train``.

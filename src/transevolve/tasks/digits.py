@@ -30,10 +30,7 @@ class Digits(Task):
     data_packages = ("scikit-learn",)
 
     def __init__(self, validation_fraction: float = 0.1, test_fraction: float = 0.2) -> None:
-        self.validation_fraction = ds.check_fraction("validation_fraction", validation_fraction)
-        self.test_fraction = ds.check_fraction("test_fraction", test_fraction)
-        if validation_fraction + test_fraction >= 1:
-            raise ValueError("validation_fraction + test_fraction must be < 1")
+        self.validation_fraction, self.test_fraction = ds.check_split_fractions(validation_fraction, test_fraction)
 
     def load(self, seed: int = 0) -> TaskData:
         require(self.data_packages, task=self.name)

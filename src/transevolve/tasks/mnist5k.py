@@ -31,10 +31,7 @@ class Mnist5k(Task):
         if not 2 <= levels <= 256:
             raise ValueError(f"levels must be in [2, 256], got {levels}")
         self.levels = levels
-        self.validation_fraction = ds.check_fraction("validation_fraction", validation_fraction)
-        self.test_fraction = ds.check_fraction("test_fraction", test_fraction)
-        if validation_fraction + test_fraction >= 1:
-            raise ValueError("validation_fraction + test_fraction must be < 1")
+        self.validation_fraction, self.test_fraction = ds.check_split_fractions(validation_fraction, test_fraction)
 
     def load(self, seed: int = 0) -> TaskData:
         require(self.data_packages, task=self.name)

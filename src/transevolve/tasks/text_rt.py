@@ -42,10 +42,7 @@ class TextRT(Task):
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         self.max_length, self.pad_to_length = max_length, pad_to_length
-        self.validation_fraction = ds.check_fraction("validation_fraction", validation_fraction)
-        self.test_fraction = ds.check_fraction("test_fraction", test_fraction)
-        if validation_fraction + test_fraction >= 1:
-            raise ValueError("validation_fraction + test_fraction must be < 1")
+        self.validation_fraction, self.test_fraction = ds.check_split_fractions(validation_fraction, test_fraction)
 
     def load(self, seed: int = 0) -> TaskData:
         require(self.data_packages, task=self.name)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -15,6 +16,20 @@ import torch
 from transevolve.tasks.base import BOS_ID, EOS_ID, ExampleDataset, Task, TaskData, TaskKind, register_task
 
 _SPLIT_OFFSETS = {"train": 0, "validation": 1, "test": 2}
+
+
+def _generate(sizes: dict[str, int], seed: int, min_length: int, max_length: int,
+              make_example: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> dict[str, ExampleDataset]:
+    """Per split, random digit sequences (digits 0..9, length in [min_length, max_length]) turned into examples."""
+    splits = {}
+    for split, size in sizes.items():
+        generator = torch.Generator().manual_seed(seed * 3 + _SPLIT_OFFSETS[split])
+        examples = []
+        for _ in range(size):
+            length = int(torch.randint(min_length, max_length + 1, (), generator=generator))
+            examples.append(make_example(torch.randint(0, 10, (length,), generator=generator)))
+        splits[split] = ExampleDataset(examples)
+    return splits
 
 
 def _check_sizes(name: str, sizes: dict[str, int], min_length: int, max_length: int) -> None:
@@ -39,15 +54,8 @@ class MaxDigit(Task):
         self.min_length, self.max_length = min_length, max_length
 
     def load(self, seed: int = 0) -> TaskData:
-        splits = {}
-        for split, size in self.sizes.items():
-            generator = torch.Generator().manual_seed(seed * 3 + _SPLIT_OFFSETS[split])
-            examples = []
-            for _ in range(size):
-                length = int(torch.randint(self.min_length, self.max_length + 1, (), generator=generator))
-                digits = torch.randint(0, 10, (length,), generator=generator)
-                examples.append({"ids": digits + 1, "label": digits.max()})
-            splits[split] = ExampleDataset(examples)
+        splits = _generate(self.sizes, seed, self.min_length, self.max_length,
+                           lambda digits: {"ids": digits + 1, "label": digits.max()})
         return TaskData(self.name, self.kind, self.metric, vocab_size=11, splits=splits, num_classes=10,
                         max_length=self.max_length)
 
@@ -66,16 +74,11 @@ class Reverse(Task):
         self.min_length, self.max_length = min_length, max_length
 
     def load(self, seed: int = 0) -> TaskData:
-        splits = {}
-        for split, size in self.sizes.items():
-            generator = torch.Generator().manual_seed(seed * 3 + _SPLIT_OFFSETS[split])
-            examples = []
-            for _ in range(size):
-                length = int(torch.randint(self.min_length, self.max_length + 1, (), generator=generator))
-                src = torch.randint(0, 10, (length,), generator=generator) + 3
-                tgt = torch.cat([torch.tensor([BOS_ID]), src.flip(0), torch.tensor([EOS_ID])])
-                examples.append({"src": src, "tgt": tgt})
-            splits[split] = ExampleDataset(examples)
+        def pair(digits: torch.Tensor) -> dict[str, torch.Tensor]:
+            src = digits + 3
+            return {"src": src, "tgt": torch.cat([torch.tensor([BOS_ID]), src.flip(0), torch.tensor([EOS_ID])])}
+
+        splits = _generate(self.sizes, seed, self.min_length, self.max_length, pair)
         return TaskData(self.name, self.kind, self.metric, vocab_size=13, splits=splits,
                         tokenizer=DigitTokenizer(), max_length=self.max_length + 2)
 

@@ -72,10 +72,7 @@ class TranslateEs(Task):
                 raise ValueError(f"{option} must be >= 1 or None, got {value}")
         self.direction, self.vocab_size, self.max_length = direction, vocab_size, max_length
         self.max_train_pairs, self.max_eval_pairs = max_train_pairs, max_eval_pairs
-        self.validation_fraction = ds.check_fraction("validation_fraction", validation_fraction)
-        self.test_fraction = ds.check_fraction("test_fraction", test_fraction)
-        if validation_fraction + test_fraction >= 1:
-            raise ValueError("validation_fraction + test_fraction must be < 1")
+        self.validation_fraction, self.test_fraction = ds.check_split_fractions(validation_fraction, test_fraction)
 
     def load(self, seed: int = 0) -> TaskData:
         require(self.data_packages, task=self.name)
