@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from transevolve import ModelConfig, build_model
 from transevolve.bench.cli import app
+from transevolve.bench.decode import decode_specs, run_decode
 from transevolve.bench.flops import flop_breakdown, flops_per_token
 from transevolve.bench.harness import Measurement, build, measure_memory, model_specs, run_group
 from transevolve.bench.report import markdown, plot, slope, targets, write
@@ -166,3 +167,29 @@ def test_cli_runs_a_tiny_suite(tmp_path: Path) -> None:
     assert not math.isnan(data["seconds"])
     bad = runner.invoke(app, ["--quick", "--models", "nope", "--out", str(tmp_path)])
     assert bad.exit_code == 2
+
+
+def test_profile_command_side_by_side(tmp_path: Path) -> None:
+    runner = CliRunner()
+    models = ["transformer", "transevolve-full-1x6/factorised"]
+    result = runner.invoke(app, ["profile", *models, "--length", "16", "--tokens", "32", "--width", "64",
+                                 "--steps", "1", "--out", str(tmp_path / "prof")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "prof.json").read_text())
+    assert [p["model"] for p in data] == models
+    for p in data:
+        assert p["seconds_per_step"] > 0 and 0 < p["matmul_seconds"] <= p["operator_seconds"]
+        assert any(op["name"] == "aten::addmm" for op in p["operators"])
+    assert "| transformer | train | 16 | 2 |" in (tmp_path / "prof.md").read_text()
+    bad = runner.invoke(app, ["profile", "nope", "--length", "16"])
+    assert bad.exit_code == 2 and "unknown model" in bad.output
+    bad_mode = runner.invoke(app, ["profile", "transformer", "--mode", "fast"])
+    assert bad_mode.exit_code == 2 and "mode must be" in bad_mode.output
+
+
+def test_decode_timing_is_a_median_of_interleaved_rounds() -> None:
+    spec = decode_specs(width=32, heads=2, depth=2, vocab=50, max_length=64, kinds=("decoder",))[1]
+    row = run_decode(spec, tokens=3, batch=2, rounds=3)
+    assert row["rounds"] == 3 and len(row["raw"]["cached"]) == len(row["raw"]["uncached"]) == 3
+    assert sorted(row["raw"]["cached"])[1] == row["cached_seconds"] and row["same_tokens"]
+    assert row["speedup"] == pytest.approx(row["uncached_seconds"] / row["cached_seconds"])

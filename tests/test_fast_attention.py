@@ -35,7 +35,7 @@ ATOL = 1e-5
 
 def _pair(config: ModelConfig, impl: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(seed)
-    reference = build_model(config)
+    reference = build_model(config.replace(attention_impl="reference"))
     fast = build_model(config.replace(attention_impl=impl))
     fast.load_state_dict(reference.state_dict())
     return reference, fast
@@ -135,7 +135,7 @@ def test_config_field_validation_and_parameter_counts() -> None:
         assert count_parameters(config) == count_parameters(base)
         model = build_model(config)
         assert sum(p.numel() for p in model.parameters()) == count_parameters(base).total
-    assert ModelConfig().attention_impl == "reference"
+    assert ModelConfig().attention_impl == "auto"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -368,3 +368,27 @@ def test_kernel_workspace_reuse_is_safe() -> None:
     torch.testing.assert_close(again, out, rtol=0, atol=0)
     copy = __import__("copy").deepcopy(fast)
     assert copy.encoder.blocks[0].self_interaction.workspaces[0].buffer is None
+
+
+def test_workspace_made_in_inference_mode_is_not_reused_outside_it() -> None:
+    """Evaluation under ``inference_mode`` then ``no_grad`` then training (what the training loop does around
+    its evaluations) through the reused n x n workspace."""
+    config = tiny_config(kind="encoder", attention_impl="factorised")
+    reference, fast = _pair(config, "factorised")
+    inputs = model_inputs(config)
+    with torch.inference_mode():
+        expected = reference(*inputs)
+        torch.testing.assert_close(fast(*inputs), expected, rtol=0, atol=ATOL)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(*inputs), expected.clone(), rtol=0, atol=ATOL)
+    _loss(reference(*inputs)).backward()
+    _loss(fast(*inputs)).backward()
+    for name, grad in _gradients(reference).items():
+        torch.testing.assert_close(_gradients(fast)[name], grad, rtol=0, atol=ATOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_autocast_uses_the_reference_path() -> None:
+    assert resolve_impl("auto", 1, 1, 8, 8) == "factorised"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert resolve_impl("auto", 1, 1, 8, 8) == "reference"
+        assert resolve_impl("low_memory", 1, 1, 8, 8) == "reference"

@@ -65,15 +65,16 @@ class ModelConfig:
         random_ff_seed: seed of the fixed random tensors of the random feed-forward (they are saved with the
             model as buffers, so a checkpoint reproduces them).
         attention_impl: how evolved attention is computed (an execution choice, not architecture: it is left out
-            of config equality). ``reference`` (default) materialises the official logits ``A0 + key bias (+ inert
+            of config equality). ``reference`` materialises the official logits ``A0 + key bias (+ inert
             terms) - 1e9 M`` and a softmax per layer. ``factorised`` computes ``E = exp(A0 - row max)`` once per
             block and per layer only ``E (w * V) / (E w)`` with ``w = exp(key bias - max)``: one batched matmul,
             no n x n exponentials. ``low_memory`` folds the key bias into augmented queries/keys of a fused
-            ``scaled_dot_product_attention`` and never stores an n x n tensor. ``auto`` picks ``factorised``
+            ``scaled_dot_product_attention`` and never stores an n x n tensor. ``auto`` (default) picks ``factorised``
             unless its n x n tensor would be large, then ``low_memory``. The fast paths skip the inert terms,
             agree with ``reference`` to float rounding (and rescue rows whose factorised denominator would
-            underflow), and fall back to ``reference`` when intermediates are requested. Softmax attention always
-            uses fused attention (its explicit path when weights are requested) whatever this says.
+            underflow), and fall back to ``reference`` when intermediates are requested or autocast is on.
+            Softmax attention always uses fused attention (its explicit path when weights are requested) whatever
+            this says.
     """
 
     kind: ModelKind = "encoder_decoder"
@@ -95,7 +96,7 @@ class ModelConfig:
     pooling: Pooling = "mean"
     random_ff_seed: int = 1
     # Execution choices and labels: not part of the architecture, left out of equality.
-    attention_impl: AttentionImpl = field(default="reference", compare=False)
+    attention_impl: AttentionImpl = field(default="auto", compare=False)
     # Not part of the architecture; kept so that a saved config says where it came from.
     name: str = field(default="", compare=False)
 

@@ -19,6 +19,7 @@ def _ints(text: str | None) -> list[int] | None:
 
 @app.callback()
 def bench(
+    ctx: typer.Context,
     quick: Annotated[bool, typer.Option("--quick", help="Smoke preset (under 2 minutes): n=128,512, 6 models, "
                                                         "fewer rounds, no MFU group, 32 decoded tokens.")] = False,
     lengths: Annotated[str | None, typer.Option(help="Comma-separated sequence lengths (default 128..4096).")] = None,
@@ -36,6 +37,8 @@ def bench(
     name: Annotated[str | None, typer.Option(help="Report file stem (default bench-quick / bench-full).")] = None,
 ) -> None:
     """Run the benchmark suite and write JSON, a markdown table and a log-log plot."""
+    if ctx.invoked_subcommand is not None:
+        return
     from transevolve.bench.report import markdown, write
     from transevolve.bench.suite import preset, run_suite
 
@@ -67,3 +70,36 @@ def bench(
     paths = write(results, out, stem, command)
     typer.echo(markdown({**results, "command": command}, command))
     typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
+
+
+@app.command("profile")
+def profile_command(
+    models: Annotated[list[str], typer.Argument(help="Model names of the benchmark line-up, e.g. transformer "
+                                                     "transevolve-full-1x6/factorised.")],
+    length: Annotated[int, typer.Option(help="Sequence length.", min=1)] = 512,
+    tokens: Annotated[int, typer.Option(help="Tokens per batch; batch = tokens // length.", min=1)] = 8192,
+    mode: Annotated[str, typer.Option(help="train (forward, backward, Adam step) or infer.")] = "train",
+    steps: Annotated[int, typer.Option(help="Profiled steps per model.", min=1)] = 3,
+    width: Annotated[int, typer.Option(help="Model width (heads fixed at 4 for 256, 8 for 512).", min=8)] = 256,
+    top: Annotated[int, typer.Option(help="Operators listed per model.", min=1)] = 12,
+    out: Annotated[Path | None, typer.Option(help="Also write the markdown and JSON here (a file stem).")] = None,
+) -> None:
+    """Operator-level CPU profile of the models side by side: where a step's time goes."""
+    import json
+
+    from transevolve.bench.profile import markdown, profile_models
+
+    heads = 8 if width >= 512 else 4
+    try:
+        profiles = profile_models(models, length, max(1, tokens // length), mode, steps, width=width, heads=heads)
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from error
+    command = " ".join(["transevolve bench profile", *(shlex.quote(arg) for arg in sys.argv[3:])])
+    text = markdown(profiles, top, command)
+    typer.echo(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(text)
+        out.with_suffix(".json").write_text(json.dumps([p.to_dict() for p in profiles], indent=2) + "\n")
+        typer.echo(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.json')}", err=True)

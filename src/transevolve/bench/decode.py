@@ -7,6 +7,7 @@ forward on the prefix (with ``attention_impl="auto"`` for TransEvolve, its faste
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +38,10 @@ def decode_specs(width: int = 256, heads: int = 4, depth: int = 6, vocab: int = 
     return specs
 
 
-def run_decode(spec: DecodeSpec, tokens: int, batch: int = 4, source_length: int = 32) -> dict[str, Any]:
-    """Time cached and uncached greedy decoding of ``tokens`` tokens; returns seconds, speed-up, agreement."""
+def run_decode(spec: DecodeSpec, tokens: int, batch: int = 4, source_length: int = 32, rounds: int = 3
+               ) -> dict[str, Any]:
+    """Time cached and uncached greedy decoding of ``tokens`` tokens, each the median of ``rounds`` runs
+    (interleaved: cached, uncached, cached, ...); returns seconds, speed-up and whether the tokens agree."""
     torch.manual_seed(0)
     model = build_model(spec.config).eval()
     generator = torch.Generator().manual_seed(0)
@@ -49,12 +52,17 @@ def run_decode(spec: DecodeSpec, tokens: int, batch: int = 4, source_length: int
         ids[:, 0] = 1
         inputs = {"prompt": ids[:, :8]}
     greedy_search(model, **inputs, max_new_tokens=4, eos_id=None)                 # warm-up
-    seconds, outputs = {}, {}
-    for use_cache in (True, False):
-        start = time.perf_counter()
-        outputs[use_cache] = greedy_search(model, **inputs, max_new_tokens=tokens, eos_id=None, use_cache=use_cache)
-        seconds[use_cache] = time.perf_counter() - start
-    return {"model": spec.name, "tokens": tokens, "batch": batch, "cached_seconds": seconds[True],
-            "uncached_seconds": seconds[False], "speedup": seconds[False] / seconds[True],
+    times: dict[bool, list[float]] = {True: [], False: []}
+    outputs = {}
+    for _ in range(rounds):
+        for use_cache in (True, False):
+            start = time.perf_counter()
+            outputs[use_cache] = greedy_search(model, **inputs, max_new_tokens=tokens, eos_id=None,
+                                               use_cache=use_cache)
+            times[use_cache].append(time.perf_counter() - start)
+    cached, uncached = statistics.median(times[True]), statistics.median(times[False])
+    return {"model": spec.name, "tokens": tokens, "batch": batch, "rounds": rounds, "cached_seconds": cached,
+            "uncached_seconds": uncached, "speedup": uncached / cached,
             "same_tokens": bool(torch.equal(outputs[True].tokens, outputs[False].tokens)),
-            "cached_tokens_per_second": batch * tokens / seconds[True]}
+            "cached_tokens_per_second": batch * tokens / cached,
+            "raw": {"cached": times[True], "uncached": times[False]}}

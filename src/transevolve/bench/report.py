@@ -142,7 +142,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
         lines.append(f"| {row['target']} | {measured} | {goal} | {met} | {row['note']} |")
     if results.get("decode"):
-        lines += ["", "## Decoding (greedy, EOS disabled)", "",
+        rounds = results["decode"][0].get("rounds", 1)
+        lines += ["", f"## Decoding (greedy, EOS disabled; median of {rounds} interleaved rounds)", "",
                   "| model | tokens | batch | cached s | uncached s | speed-up | same tokens |",
                   "|---|---|---|---|---|---|---|"]
         for row in results["decode"]:

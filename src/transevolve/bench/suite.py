@@ -5,7 +5,7 @@ One invocation runs, in this order:
 1. throughput groups, one per sequence length, every model side by side (:func:`harness.run_group`);
 2. peak memory per model and length in fresh subprocesses (:func:`harness.measure_memory`);
 3. an MFU group at width 512, 8 heads, n = 512;
-4. cached against uncached greedy decoding (:mod:`transevolve.bench.decode`);
+4. cached against uncached greedy decoding, median of interleaved rounds (:mod:`transevolve.bench.decode`);
 5. a numerical check that the fast TransEvolve paths reproduce the reference outputs on the benchmark batch.
 """
 
@@ -48,6 +48,7 @@ class SuiteOptions:
     decode_batches: tuple[int, ...] = (4, 16)
     decode_kinds: tuple[str, ...] = ("encoder_decoder", "decoder")
     decode_width: int = 256
+    decode_rounds: int = 3
     check_length: int = 256
     width: int = 256
     heads: int = 4
@@ -70,7 +71,7 @@ def preset(name: str) -> SuiteOptions:
                             memory_lengths=[512], memory_models=["transformer", "transevolve-full-1x6/factorised",
                                                                  "transevolve-full-1x6/low_memory"],
                             mfu=False, decode_tokens=32, decode_batches=(4,), decode_kinds=("encoder_decoder",),
-                            decode_width=128,
+                            decode_width=128, decode_rounds=1,
                             check_length=128)
     raise ValueError(f"unknown preset {name!r}; choose quick or full")
 
@@ -132,7 +133,7 @@ def run_suite(options: SuiteOptions, log: Callable[[str], None] = print) -> dict
                                  kinds=options.decode_kinds):
             for batch in options.decode_batches:
                 log(f"decode: {spec.name}, batch {batch}, {options.decode_tokens} tokens, cached and uncached")
-                results["decode"].append(run_decode(spec, options.decode_tokens, batch))
+                results["decode"].append(run_decode(spec, options.decode_tokens, batch, rounds=options.decode_rounds))
     log(f"fast-path check at n={options.check_length}")
     results["fast_path_check"] = _check_fast_paths(specs, options.check_length, 2)
     results["seconds"] = time.perf_counter() - started

@@ -89,14 +89,19 @@ AUTO_KERNEL_BYTES = 512 * 2**20
 def resolve_impl(impl: str, batch: int, heads: int, n_q: int, n_k: int, element_size: int = 4,
                  need_weights: bool = False) -> Impl:
     """The concrete path for a configured ``attention_impl``: ``reference`` whenever weights or block scores
-    are needed, ``auto`` by the size of the factorised kernel."""
-    if need_weights or impl == "reference":
+    are needed or autocast is on (the fast kernels are written for one floating dtype), ``auto`` by the size of
+    the factorised kernel."""
+    if need_weights or impl == "reference" or _autocast_enabled():
         return "reference"
     if impl == "auto":
         return "factorised" if batch * heads * n_q * n_k * element_size <= AUTO_KERNEL_BYTES else "low_memory"
     if impl not in ("factorised", "low_memory"):
         raise ValueError(f"unknown attention_impl {impl!r}")
     return impl  # type: ignore[return-value]
+
+
+def _autocast_enabled() -> bool:
+    return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
 
 
 def visible_keys(key_pad: torch.Tensor, n_q: int, causal: bool) -> torch.Tensor:
@@ -172,7 +177,9 @@ class FastScores:
 class Workspace:
     """A reusable n x n buffer. Fresh multi-megabyte allocations are page-faulted in on first touch (which
     doubled the cost of the ``A0`` matmul on the benchmark machine), so the buffer is handed out again, as a new
-    view, whenever nothing else holds its storage (an earlier forward's kernel still saved for backward does)."""
+    view, whenever nothing else holds its storage (an earlier forward's kernel still saved for backward does).
+    A buffer made under ``torch.inference_mode`` is not reused outside it (inference tensors are read-only
+    there)."""
 
     def __init__(self) -> None:
         self.buffer: torch.Tensor | None = None
@@ -183,7 +190,7 @@ class Workspace:
     def get(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         buffer = self.buffer
         if (buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device
-                or not _sole_owner(buffer)):
+                or (buffer.is_inference() and not torch.is_inference_mode_enabled()) or not _sole_owner(buffer)):
             buffer = self.buffer = like.new_empty(shape)
         return buffer.view(shape)
 

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Short CPU runs of every task: Transformer, TransEvolve-fullFF and TransEvolve-randomFF, one seed each, through
+# `transevolve compare`, then a cross-task table (benchmarks/tasks/results.md and .json).
+#
+#   bash benchmarks/tasks/run.sh                 # every task below (about an hour on a quiet 2-core CPU)
+#   bash benchmarks/tasks/run.sh text_rt lis     # some tasks; finished runs are kept (compare --resume)
+#
+# The budgets are deliberately small (a few hundred steps) so that the whole table fits in an hour on 2 CPU
+# cores: they show that every task trains end to end on its real data and where each model stands early in
+# training, not converged accuracies. The task presets in configs/<task>/ are the longer runs. The main job
+# (`transevolve compare`, digits, 3 seeds) is not repeated here.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+TRANSEVOLVE=${TRANSEVOLVE:-.venv/bin/transevolve}
+OUT=${OUT:-runs/tasks}
+declare -A OVERRIDES=(
+  [max_digit]=""
+  [reverse]=""
+  [text_rt]="train.max_steps=400 train.warmup_steps=40 train.eval_every=200"
+  [text_food]="train.max_steps=200 train.warmup_steps=20 train.eval_every=100 train.eval_batches=10"
+  [mnist5k]="train.max_steps=200 train.batch_size=16 train.warmup_steps=20 train.eval_every=100 train.eval_batches=10"
+  [fashion_mnist]="train.max_steps=200 train.batch_size=16 train.warmup_steps=20 train.eval_every=100 train.eval_batches=10"
+  [listops]="task.options.min_length=50 task.options.max_length=200 model.width=64 model.time_dim=32 train.max_steps=400 train.warmup_steps=40 train.eval_every=200"
+  [arithmetic]="train.max_steps=400 train.warmup_steps=40 train.eval_every=200 train.eval_batches=10"
+  [lis]="train.max_steps=400 train.warmup_steps=40 train.eval_every=200 train.eval_batches=10"
+  [edit_distance]="train.max_steps=400 train.warmup_steps=40 train.eval_every=200 train.eval_batches=10"
+  [translate_de]="train.max_steps=400 train.warmup_steps=40 train.eval_every=200 train.eval_batches=10 train.beam_size=1"
+  [translate_es]="train.max_steps=400 train.warmup_steps=40 train.eval_every=200 train.eval_batches=10 train.beam_size=1"
+)
+ORDER=(max_digit reverse text_rt arithmetic lis edit_distance listops translate_de translate_es text_food mnist5k
+       fashion_mnist)
+tasks=("$@")
+[ ${#tasks[@]} -eq 0 ] && tasks=("${ORDER[@]}")
+for task in "${tasks[@]}"; do
+  if [ -z "${OVERRIDES[$task]+set}" ]; then
+    echo "unknown task $task; choose from: ${ORDER[*]}" >&2
+    exit 2
+  fi
+  resume=()
+  [ -d "$OUT/$task" ] && resume=(--resume)
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  "$TRANSEVOLVE" compare --config "compare/$task.yaml" --seeds 1 --out "$OUT/$task" "${resume[@]}" -q \
+    ${OVERRIDES[$task]}
+  echo "$task: $(( $(date +%s) - start )) s" >&2
+done
+"${PYTHON:-.venv/bin/python}" benchmarks/tasks/summarise.py "$OUT" benchmarks/tasks/results
