@@ -2,13 +2,14 @@
 # Short CPU runs of every task: Transformer, TransEvolve-fullFF and TransEvolve-randomFF, one seed each, through
 # `transevolve compare`, then a cross-task table (benchmarks/tasks/results.md and .json).
 #
-#   bash benchmarks/tasks/run.sh                 # every task below (about an hour on a quiet 2-core CPU)
+#   bash benchmarks/tasks/run.sh                 # every task below (about 1.5 hours on a quiet 2-core CPU)
 #   bash benchmarks/tasks/run.sh text_rt lis     # some tasks; finished runs are kept (compare --resume)
 #
-# The budgets are deliberately small (a few hundred steps) so that the whole table fits in an hour on 2 CPU
-# cores: they show that every task trains end to end on its real data and where each model stands early in
-# training, not converged accuracies. The task presets in configs/<task>/ are the longer runs. The main job
-# (`transevolve compare`, digits, 3 seeds) is not repeated here.
+# The budgets are deliberately small (a few hundred steps) so that the whole table fits in about 1.5 hours on
+# 2 CPU cores (translation is the slowest: about 18 minutes per language for three models). They show that
+# every task trains end to end on its real data and where each model stands early in training, not converged
+# accuracies; the task presets in configs/<task>/ are the longer runs. The main job (`transevolve compare`,
+# digits, 3 seeds) is not repeated here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TRANSEVOLVE=${TRANSEVOLVE:-.venv/bin/transevolve}

@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 MODELS = ("transformer", "transevolve-fullFF", "transevolve-randomFF")
+FOOTNOTE = ("\\* Answer exact match is teacher-forced: every answer token right given the reference prefix, chain of "
+            "thought included, so with `format: cot` it mostly measures copying the answer out of the given chain; "
+            "it is not the accuracy of a generated solution.\n")
 
 
 def collect(runs: Path) -> list[dict]:
@@ -43,7 +46,7 @@ def markdown(rows: list[dict]) -> str:
             score = f"{row['test']:.3f}" if row["exact_match"] is None else \
                 f"{row['test']:.3f} / {row['exact_match']:.3f}"
             cells.append(f"{score} ({row['parameters'] / 1e3:,.0f}k, {row['train_seconds']:.0f} s)")
-        metric = first["metric"] + (" / exact match" if first["exact_match"] is not None else "")
+        metric = first["metric"] + (" / answer exact match*" if first["exact_match"] is not None else "")
         lines.append(f"| `{task}` | {metric} | {first['steps']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -57,8 +60,9 @@ def main() -> None:
         raise SystemExit(f"no */comparison.json under {runs}; run benchmarks/tasks/run.sh first")
     stem.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     table = markdown(rows)
-    stem.with_suffix(".md").write_text("Test metric (parameters, training seconds) per task and model, one seed; "
-                                       "produced by `bash benchmarks/tasks/run.sh`.\n\n" + table)
+    stem.with_suffix(".md").write_text(
+        "Test metric (parameters, training seconds) per task and model, one seed, best validation checkpoint; "
+        "produced by `bash benchmarks/tasks/run.sh`.\n\n" + table + "\n" + FOOTNOTE)
     print(table)
 
 
