@@ -18,7 +18,7 @@ from conftest import (
     variant_params,
 )
 
-from transevolve import build_model, count_parameters, dead_parameter_masks
+from transevolve import ModelConfig, build_model, count_parameters, dead_parameter_masks
 from transevolve.fidelity import lean_state_dict, to_lean
 from transevolve.modules.feedforward import TemporalProjection
 from transevolve.modules.softmax_attention import SoftmaxAttention
@@ -453,41 +453,34 @@ def test_to_lean_keeps_dtype() -> None:
     assert all(p.dtype == torch.float64 for p in lean.parameters())
 
 
+def _assert_float64_matches_float32(config: ModelConfig, ids: torch.Tensor) -> None:
+    model = build(config).eval()
+    double = build(config).eval()
+    double.load_state_dict(model.state_dict())
+    double = double.double()
+    with torch.no_grad():
+        torch.testing.assert_close(double(ids), model(ids).double(), rtol=0, atol=1e-5)
+
+
 @pytest.mark.xfail(strict=True, reason="BUG EvolvedAttention.scores adds masks.additive (-1e9) in the scores' dtype: "
                    "in float32 a fully masked (pad) query row is exactly uniform, in float64 it is softmax(S), so a "
                    "float64 model computes a different function at pad rows (and through the pad-inclusive mean)")
 def test_float64_matches_float32_on_padded_rows() -> None:
     config = tiny_config(kind="classifier", attention_impl="reference")
-    model = build(config).eval()
-    double = build(config).eval()
-    double.load_state_dict(model.state_dict())
-    double = double.double()
     (ids,) = model_inputs(config)
     assert (ids == 0).any()
-    with torch.no_grad():
-        torch.testing.assert_close(double(ids), model(ids).double(), rtol=0, atol=1e-5)
+    _assert_float64_matches_float32(config, ids)
 
 
 @pytest.mark.parametrize("impl", ["factorised", "low_memory"])
 def test_fast_paths_float64_matches_float32_on_padded_rows(impl: str) -> None:
     """The fast paths give fully blocked rows their uniform float32 value in every dtype (unlike the xfail above)."""
     config = tiny_config(kind="classifier", attention_impl=impl)
-    model = build(config).eval()
-    double = build(config).eval()
-    double.load_state_dict(model.state_dict())
-    double = double.double()
     (ids,) = model_inputs(config)
     assert (ids == 0).any()
-    with torch.no_grad():
-        torch.testing.assert_close(double(ids), model(ids).double(), rtol=0, atol=1e-5)
+    _assert_float64_matches_float32(config, ids)
 
 
 def test_float64_matches_float32_without_padding() -> None:
     config = tiny_config(kind="classifier")
-    model = build(config).eval()
-    double = build(config).eval()
-    double.load_state_dict(model.state_dict())
-    double = double.double()
-    ids = random_ids(3, 9, config.vocab_size, lengths=[9, 9, 9])
-    with torch.no_grad():
-        torch.testing.assert_close(double(ids), model(ids).double(), rtol=0, atol=1e-5)
+    _assert_float64_matches_float32(config, random_ids(3, 9, config.vocab_size, lengths=[9, 9, 9]))

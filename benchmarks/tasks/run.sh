@@ -14,19 +14,22 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 TRANSEVOLVE=${TRANSEVOLVE:-.venv/bin/transevolve}
 OUT=${OUT:-runs/tasks}
+# Shared budgets: 400 steps with two evaluations; 200 steps for the long-sequence tasks.
+SHORT="train.max_steps=400 train.warmup_steps=40 train.eval_every=200"
+LONG="train.max_steps=200 train.warmup_steps=20 train.eval_every=100 train.eval_batches=10"
 declare -A OVERRIDES=(
   [max_digit]=""
   [reverse]=""
-  [text_rt]="train.max_steps=400 train.warmup_steps=40 train.eval_every=200"
-  [text_food]="train.max_steps=200 train.warmup_steps=20 train.eval_every=100 train.eval_batches=10"
-  [mnist5k]="train.max_steps=200 train.batch_size=16 train.warmup_steps=20 train.eval_every=100 train.eval_batches=10"
-  [fashion_mnist]="train.max_steps=200 train.batch_size=16 train.warmup_steps=20 train.eval_every=100 train.eval_batches=10"
-  [listops]="task.options.min_length=50 task.options.max_length=200 model.width=64 model.time_dim=32 train.max_steps=400 train.warmup_steps=40 train.eval_every=200"
-  [arithmetic]="train.max_steps=400 train.warmup_steps=40 train.eval_every=200 train.eval_batches=10"
-  [lis]="train.max_steps=400 train.warmup_steps=40 train.eval_every=200 train.eval_batches=10"
-  [edit_distance]="train.max_steps=400 train.warmup_steps=40 train.eval_every=200 train.eval_batches=10"
-  [translate_de]="train.max_steps=400 train.warmup_steps=40 train.eval_every=200 train.eval_batches=10 train.beam_size=1"
-  [translate_es]="train.max_steps=400 train.warmup_steps=40 train.eval_every=200 train.eval_batches=10 train.beam_size=1"
+  [text_rt]="$SHORT"
+  [text_food]="$LONG"
+  [mnist5k]="$LONG train.batch_size=16"
+  [fashion_mnist]="$LONG train.batch_size=16"
+  [listops]="$SHORT task.options.min_length=50 task.options.max_length=200 model.width=64 model.time_dim=32"
+  [arithmetic]="$SHORT train.eval_batches=10"
+  [lis]="$SHORT train.eval_batches=10"
+  [edit_distance]="$SHORT train.eval_batches=10"
+  [translate_de]="$SHORT train.eval_batches=10 train.beam_size=1"
+  [translate_es]="$SHORT train.eval_batches=10 train.beam_size=1"
 )
 ORDER=(max_digit reverse text_rt arithmetic lis edit_distance listops translate_de translate_es text_food mnist5k
        fashion_mnist)
