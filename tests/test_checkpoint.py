@@ -10,7 +10,17 @@ import torch
 from conftest import ALL_VARIANTS, Variant, model_inputs, tiny_config, variant_params
 
 from transevolve import build_model, load_model, save_model
-from transevolve.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_state, read_config
+from transevolve.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    UnverifiedCheckpointWarning,
+    load_state,
+    load_weights,
+    read_config,
+    tensor_sha256,
+    verify_weights,
+)
 
 ROUND_TRIP = [v for v in ALL_VARIANTS if v.fidelity == "official" and v.num_classes != 2] + [
     v for v in ALL_VARIANTS if v.kind == "encoder_decoder" and v.fidelity == "lean" and v.ff_type == "random"]
@@ -135,3 +145,69 @@ def test_save_model_rejects_foreign_modules(tmp_path: Path) -> None:
 
 def test_checkpoint_error_is_a_value_error() -> None:
     assert issubclass(CheckpointError, ValueError)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checksums: overwritten tensor bytes fail to load, naming the tensor
+
+
+def _tensor_region(path: Path, name: str) -> tuple[int, int]:
+    """Absolute byte range of tensor ``name`` in a safetensors file."""
+    blob = path.read_bytes()
+    header_size = int.from_bytes(blob[:8], "little")
+    begin, end = json.loads(blob[8:8 + header_size])[name]["data_offsets"]
+    return 8 + header_size + begin, 8 + header_size + end
+
+
+def test_flipped_tensor_bytes_are_detected(tmp_path: Path) -> None:
+    model = _built(tiny_config(kind="classifier"))
+    save_model(model, tmp_path)
+    weights = tmp_path / WEIGHTS_FILE
+    name = sorted(model.state_dict())[3]
+    begin, end = _tensor_region(weights, name)
+    data = bytearray(weights.read_bytes())
+    data[begin + (end - begin) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt") as info:
+        load_model(tmp_path)
+    message = str(info.value)
+    assert name in message and "1 tensor(s)" in message and str(weights) in message
+    with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+        load_weights(weights)
+
+
+def test_load_weights_returns_the_verified_tensors(tmp_path: Path) -> None:
+    model = _built(tiny_config(kind="decoder", ff_type="random"))
+    save_model(model, tmp_path)
+    state = load_weights(tmp_path / WEIGHTS_FILE, "cpu")
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert verify_weights(tmp_path / WEIGHTS_FILE) is True
+
+
+def test_checksums_cover_every_dtype(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {"bf16": torch.randn(3, 5).to(torch.bfloat16), "bool": torch.rand(7) > 0.5,
+               "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4), "long": torch.arange(6)}
+    path = tmp_path / "t.safetensors"
+    save_file(tensors, str(path), metadata={"sha256": json.dumps({k: tensor_sha256(v) for k, v in tensors.items()})})
+    assert verify_weights(path) is True
+    begin, _ = _tensor_region(path, "long")
+    data = bytearray(path.read_bytes())
+    data[begin] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="long"):
+        verify_weights(path)
+
+
+def test_files_without_checksums_load_with_a_warning(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    model = _built(tiny_config(kind="encoder"))
+    save_model(model, tmp_path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / WEIGHTS_FILE), metadata={"format": "transevolve-model"})  # the old format
+    with pytest.warns(UnverifiedCheckpointWarning, match="no checksums"):
+        loaded = load_model(tmp_path)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())

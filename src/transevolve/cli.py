@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from transevolve.config import PRESETS, ModelConfig, apply_overrides
 
@@ -18,31 +22,91 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Transformers as dynamical systems: TransEvolve, a Transformer baseline and their relatives.")
 # Wide tables stay readable when the output is a file or a CI log (rich assumes 80 columns there).
 console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+#: ``--debug`` (or ``TRANSEVOLVE_DEBUG=1``): let errors raise with their traceback instead of one line.
+DEBUG_ENV = "TRANSEVOLVE_DEBUG"
+_debug = False
 
 
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+def _debugging() -> bool:
+    return _debug or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes", "on")
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
     raise typer.Exit(code=2)
 
 
-def _errors_to_exit(function):
-    """Turn the library's clear errors into a one-line message and exit code 2 (no traceback)."""
-    import functools
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises: ``UserError`` and other ``ValueError``s (configs, checkpoints, options, text that
+    is not UTF-8), file errors, missing or damaged data, unparsable YAML, and wrongly typed config values."""
+    import yaml
 
-    from transevolve.checkpoint import CheckpointError
+    from transevolve.data.errors import DataError
+
+    return (ValueError, OSError, DataError, yaml.YAMLError, TypeError)
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    if isinstance(error, TypeError):
+        return f"{error} (run with --debug or {DEBUG_ENV}=1 for the traceback)"
+    return str(error)
+
+
+def _errors_to_exit(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn bad-input errors into ``error: <message>`` and exit code 2, Ctrl-C into exit code 130 (no traceback
+    unless debugging)."""
+    if getattr(function, "_errors_to_exit", False):
+        return function
 
     @functools.wraps(function)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
-        except (ValueError, FileNotFoundError, FileExistsError, CheckpointError, TypeError) as error:
-            _fail(str(error))
+        except (typer.Exit, BrokenPipeError):  # click ends a closed pipe (e.g. `| head`) quietly
+            raise
+        except _user_errors() as error:
+            if _debugging():
+                raise
+            _fail(_message(error))
+        except KeyboardInterrupt:
+            if _debugging():
+                raise
+            err_console.print("interrupted", highlight=False)
+            raise typer.Exit(code=130) from None
 
+    wrapper._errors_to_exit = True  # type: ignore[attr-defined]
     return wrapper
 
 
+def _wrap_commands(typer_app: typer.Typer) -> None:
+    """Apply :func:`_errors_to_exit` to every command of ``typer_app`` and of its groups."""
+    for command in typer_app.registered_commands:
+        if command.callback is not None:
+            command.callback = _errors_to_exit(command.callback)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _wrap_commands(group.typer_instance)
+
+
+def _is_main_process() -> bool:
+    """False on the non-zero ranks of a ``torchrun`` launch (they train but do not print results)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _require_data(task_name: str, options: dict[str, Any]) -> None:
+    """Fail before anything is written when the task or its options are invalid or its data is not fetched."""
+    from transevolve.data.packages import require
+    from transevolve.tasks import get_task
+
+    task = get_task(task_name, **options)
+    require(type(task).data_packages, task=task_name)
+
+
 @app.command()
-@_errors_to_exit
 def compare(
     overrides: Annotated[list[str] | None, typer.Argument(
         help="Dotted overrides applied to every model, e.g. train.max_steps=200 model.width=128.")] = None,
@@ -68,12 +132,18 @@ def compare(
         if resume:
             _fail("--resume needs --out DIR (the comparison to continue)")
         out = Path("runs") / f"compare-{first.task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    console.print(f"compare: {len(comparison.runs)} models x {len(comparison.seeds)} seeds on {first.task.name} "
-                  f"({first.train.max_steps} steps each) -> {out}")
+    _require_data(first.task.name, first.task.options)
+    main = _is_main_process()
+    if main:
+        console.print(f"compare: {len(comparison.runs)} models x {len(comparison.seeds)} seeds on "
+                      f"{first.task.name} ({first.train.max_steps} steps each) -> {out}", highlight=False)
     results = run_comparison(comparison, out, quiet=quiet, resume=resume)
     if any(r.interrupted for runs in results.values() for r in runs):
-        console.print(f"interrupted; continue with: transevolve compare --config {config} --out {out} --resume")
+        if main:
+            console.print(f"interrupted; continue with: transevolve compare --config {config} --out {out} --resume")
         raise typer.Exit(code=130)
+    if not main:
+        return
     rows = summary_rows(results, task_kind(results))
     table = Table(title=f"{first.task.name}: mean over seeds {list(comparison.seeds)}, best validation checkpoint")
     for column in rows[0]:
@@ -93,7 +163,6 @@ def _cell(value: object) -> str:
 
 
 @app.command("train")
-@_errors_to_exit
 def train_command(
     config: Annotated[str | None, typer.Argument(help="Run file (YAML: task, model, train) or packaged preset.")
                       ] = None,
@@ -107,15 +176,15 @@ def train_command(
 ) -> None:
     """Train one model. Ctrl-C saves a checkpoint; --resume continues exactly where it stopped."""
     from transevolve.compare import preset_path
-    from transevolve.train import TrainingDivergedError, load_run, train
-    from transevolve.train.config import apply_dotted, run_config_from_dict
+    from transevolve.train import TrainingDivergedError, train
+    from transevolve.train.config import apply_dotted, load_saved_run, run_config_from_dict
 
     if resume is not None:
         if config is not None and "=" in config:
             overrides = [config, *(overrides or [])]
         elif config is not None:
             _fail("with --resume the config comes from the run directory; pass only overrides")
-        base = load_run(resume)
+        base = load_saved_run(resume)
         run = run_config_from_dict(apply_dotted(base.to_dict(), overrides or []))
         directory = resume
     else:
@@ -127,6 +196,7 @@ def train_command(
         run = load_run_config(preset_path(config), overrides or [])
         name = run.model.get("name") or f"{run.model.get('attention', 'evolved')}"
         directory = run_dir or Path("runs") / f"{run.task.name}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _require_data(run.task.name, run.task.options)
     try:
         result = train(run, directory, resume=resume is not None, quiet=quiet)
     except TrainingDivergedError as error:
@@ -137,7 +207,10 @@ def train_command(
     _print_result(result)
 
 
-def _print_result(result) -> None:
+def _print_result(result: Any) -> None:
+    """The final metrics table (rank 0 only under ``torchrun``)."""
+    if not _is_main_process():
+        return
     table = Table(title=f"{result.run_dir}")
     table.add_column("split")
     keys = sorted(set(result.validation) | set(result.test))
@@ -151,27 +224,40 @@ def _print_result(result) -> None:
 
 
 @app.command("eval")
-@_errors_to_exit
 def eval_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by transevolve train.")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.", min=1)] = 64,
+    max_examples: Annotated[int, typer.Option(help="Evaluate the first N examples only (0 = the whole split).",
+                                              min=0)] = 0,
+    beam: Annotated[int | None, typer.Option(help="Beam size for BLEU (default: the run's train.beam_size).",
+                                             min=1)] = None,
 ) -> None:
-    """Evaluate a trained run's checkpoint on a split of its task."""
+    """Evaluate a trained run's checkpoint on a split of its task (BLEU too for translation tasks)."""
     from transevolve.checkpoint import load_model
     from transevolve.tasks import get_task
-    from transevolve.train import load_run
-    from transevolve.train.evaluation import evaluate
+    from transevolve.train.config import load_saved_run
+    from transevolve.train.evaluation import evaluate, evaluated_examples
     from transevolve.train.loop import select_device
 
-    if checkpoint not in ("best", "last"):
-        _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
-    run = load_run(run_dir)
+    _check_checkpoint_name(checkpoint)
+    run = load_saved_run(run_dir)
     model = load_model(run_dir / "checkpoints" / checkpoint)
     device = select_device(run.train.device)
     data = get_task(run.task.name, **run.task.options).load(run.task.seed)
-    metrics = evaluate(model.to(device), data, split, batch_size, device, bleu=data.kind == "seq2seq")
+    if split not in data.splits:
+        _fail(f"task {run.task.name!r} has no split {split!r}; splits: {sorted(data.splits)}")
+    seq2seq = data.kind == "seq2seq"
+    beam_size = beam or run.train.beam_size
+    examples = evaluated_examples(len(data.splits[split]), batch_size, max_examples=max_examples)
+    search = "greedy decoding" if beam_size == 1 else f"beam {beam_size}"
+    err_console.print(f"evaluating {run_dir} ({checkpoint}) on {run.task.name}/{split}: {examples:,} examples"
+                      + (f", BLEU with {search} on {examples:,} sentences" if seq2seq else ""), highlight=False,
+                      soft_wrap=True)
+    metrics = evaluate(model.to(device), data, split, batch_size, device, bleu=seq2seq, beam_size=beam_size,
+                       alpha=run.train.length_penalty, max_offset=run.train.decode_max_offset,
+                       max_examples=max_examples, progress=True)
     table = Table(title=f"{run_dir} ({checkpoint}) on {run.task.name}/{split}")
     for key in metrics:
         table.add_column(key, justify="right")
@@ -179,27 +265,54 @@ def eval_command(
     console.print(table)
 
 
+def _check_checkpoint_name(checkpoint: str) -> None:
+    if checkpoint not in ("best", "last"):
+        _fail(f"--checkpoint must be best or last, got {checkpoint!r}")
+
+
+def read_text_lines(raw: bytes, source: str) -> list[str]:
+    """Decode UTF-8 input into lines; undecodable bytes raise ``UserError`` naming the line and byte."""
+    from transevolve.errors import UserError
+
+    try:
+        return raw.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        offset = error.start
+        line = raw.count(b"\n", 0, offset) + 1
+        column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
+        raise UserError(f"{source}, line {line}, byte {column}: 0x{raw[offset]:02x} is not valid UTF-8 "
+                        f"({error.reason}); translate reads UTF-8 text (convert it first, e.g. "
+                        "iconv -f latin1 -t utf-8)") from None
+
+
 @app.command()
-@_errors_to_exit
 def translate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory of a translation (seq2seq) task.")],
-    input_file: Annotated[Path | None, typer.Option("--input", "-i", help="Text file, one sentence per line "
-                                                    "(default: standard input).")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", "-i", help="UTF-8 text file, one sentence per "
+                                                    "line (default: standard input).")] = None,
     beam: Annotated[int, typer.Option(help="Beam size (1 = greedy).", min=1)] = 4,
     alpha: Annotated[float, typer.Option(help="Length penalty exponent ((5+len)/6)^alpha.")] = 0.6,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     batch_size: Annotated[int, typer.Option(help="Sentences per batch.", min=1)] = 32,
 ) -> None:
-    """Translate sentences with a trained encoder-decoder (cached beam search); prints one line per input."""
+    """Translate sentences with a trained encoder-decoder (cached beam search); prints one line per input.
+
+    A sentence longer than the model's max_length (in subword tokens) is cut to it, with a warning on stderr.
+    """
     import torch
 
     from transevolve.checkpoint import load_model
     from transevolve.tasks import get_task
-    from transevolve.train import load_run
+    from transevolve.train.config import load_saved_run
     from transevolve.train.evaluation import decode_batch
     from transevolve.train.loop import select_device
 
-    run = load_run(run_dir)
+    _check_checkpoint_name(checkpoint)
+    run = load_saved_run(run_dir)
+    if input_file is not None:  # read (and check) the input before the slow loading
+        lines = read_text_lines(input_file.read_bytes(), str(input_file))
+    else:
+        lines = read_text_lines(sys.stdin.buffer.read(), "standard input")
     model = load_model(run_dir / "checkpoints" / checkpoint)
     if model.config.kind != "encoder_decoder":
         _fail(f"{run_dir} holds a {model.config.kind} model; translate needs an encoder_decoder run")
@@ -208,18 +321,21 @@ def translate(
         _fail(f"task {run.task.name!r} has no tokenizer")
     device = select_device(run.train.device)
     model = model.to(device)
-    lines = (input_file.read_text() if input_file is not None else sys.stdin.read()).splitlines()
     limit = model.config.max_length
     for start in range(0, len(lines), batch_size):
-        chunk = lines[start:start + batch_size]
-        encoded = [data.tokenizer.encode(line)[:limit] or [0] for line in chunk]
+        encoded = []
+        for number, line in enumerate(lines[start:start + batch_size], start=start + 1):
+            ids = data.tokenizer.encode(line)
+            if len(ids) > limit:
+                err_console.print(f"warning: line {number} has {len(ids)} tokens; only the first {limit} (the "
+                                  "model's max_length) are translated", highlight=False)
+            encoded.append(ids[:limit] or [0])
         src = torch.nn.utils.rnn.pad_sequence([torch.tensor(ids) for ids in encoded], batch_first=True).to(device)
         for ids in decode_batch(model, src, beam, alpha, run.train.decode_max_offset):
             typer.echo(data.tokenizer.decode(ids))
 
 
 @app.command()
-@_errors_to_exit
 def inspect(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (e.g. a TransEvolve run and "
                                                    "a Transformer run on the same task).")],
@@ -228,34 +344,37 @@ def inspect(
     out: Annotated[Path | None, typer.Option(help="PNG to write (default: attention.png in the first run).")
                    ] = None,
 ) -> None:
-    """Plot how self-attention evolves over depth (TransEvolve: A0 then each layer, per head)."""
-    from transevolve.checkpoint import load_model
-    from transevolve.inspect_attention import attention_maps, plot_attention
-    from transevolve.tasks import collate, get_task
-    from transevolve.train import load_run
+    """Plot how self-attention evolves over depth (TransEvolve: A0 then each layer, per head).
 
+    Every run must be of the same task (the example comes from the first run's validation split).
+    """
+    from transevolve.checkpoint import load_model
+    from transevolve.inspect_attention import attention_maps, check_same_task, plot_attention
+    from transevolve.tasks import collate, get_task
+    from transevolve.train.config import load_saved_run
+
+    runs = [load_saved_run(run_dir) for run_dir in run_dirs]
+    models = [load_model(run_dir / "checkpoints" / "best") for run_dir in run_dirs]
+    check_same_task([(str(d), r.task.name, m.config.vocab_size) for d, r, m in zip(run_dirs, runs, models,
+                                                                                  strict=True)])
+    first = runs[0]
+    data = get_task(first.task.name, **first.task.options).load(first.task.seed)
+    split = data.splits["validation"]
+    if index >= len(split):
+        _fail(f"--index {index} but the validation split has {len(split)} examples")
+    example = {k: (v[:max_tokens] if k in ("ids", "src") and v.dim() == 1 else v) for k, v in split[index].items()}
+    if "loss_mask" in example:
+        example = {k: v[:max_tokens] for k, v in example.items()}
     panels = []
-    example = None
-    for run_dir in run_dirs:
-        run = load_run(run_dir)
-        model = load_model(run_dir / "checkpoints" / "best")
-        if example is None:
-            data = get_task(run.task.name, **run.task.options).load(run.task.seed)
-            split = data.splits["validation"]
-            if index >= len(split):
-                _fail(f"--index {index} but the validation split has {len(split)} examples")
-            example = {k: (v[:max_tokens] if k in ("ids", "src") and v.dim() == 1 else v)
-                       for k, v in split[index].items()}
-            if "loss_mask" in example:
-                example = {k: v[:max_tokens] for k, v in example.items()}
+    for model in models:
         maps = attention_maps(model, collate([example]))
         name = model.config.name or f"{model.config.attention}/{model.config.ff_type}"
         panels.append((name, maps))
         shifts = ", ".join(f"{s:.3f}" for s in maps.layer_shift())
         console.print(f"{name}: {len(maps.maps)} maps over {maps.tokens} tokens; mean change of attention between "
-                      f"consecutive layers (total variation): {shifts}")
+                      f"consecutive layers (total variation): {shifts}", highlight=False)
     path = plot_attention(panels, out or run_dirs[0] / "attention.png")
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", highlight=False)
 
 
 @app.command()
@@ -319,15 +438,23 @@ def convert_official(
             _fail(f"the converted model does not reproduce the official outputs within {tolerance}")
 
 
-@app.callback(invoke_without_command=False)
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
+def _show_version(value: bool) -> None:
+    if value:
         from transevolve import __version__
 
-        console.print(__version__)
+        typer.echo(f"transevolve {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_show_version)] = False,
+    debug: Annotated[bool, typer.Option("--debug", help=f"Show the traceback of errors (also {DEBUG_ENV}=1).")
+                     ] = False,
+) -> None:
+    global _debug
+    _debug = debug
 
 
 # Command groups that live next to their code (`transevolve data ...`, `transevolve bench ...`).
@@ -346,6 +473,7 @@ def _add_groups() -> None:
 
 
 _add_groups()
+_wrap_commands(app)
 
 
 def main() -> None:

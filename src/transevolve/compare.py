@@ -27,7 +27,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from transevolve.train.config import RunConfig, apply_dotted, load_yaml_with_base, run_config_from_dict
+from transevolve.train.config import (
+    RunConfig,
+    apply_dotted,
+    load_yaml_with_base,
+    require_task,
+    run_config_from_dict,
+)
 from transevolve.train.loop import HEADLINE, RunResult, train
 
 DEFAULT_COMPARISON = "compare/digits.yaml"
@@ -80,8 +86,12 @@ def load_comparison(name: str = DEFAULT_COMPARISON, overrides: list[str] | None 
         if unknown:
             raise ValueError(f"unknown model(s) {unknown}; {path} defines {list(models)}")
         models = {k: v for k, v in models.items() if k in only}
+    require_task(apply_dotted(data, overrides or []), path)
     runs = {}
     for model_name, fields in models.items():
+        if fields is not None and not isinstance(fields, dict):
+            raise ValueError(f"{path}: models.{model_name} must be a mapping of model fields (e.g. "
+                             f"{{attention: softmax}}), got {fields!r}")
         merged = dict(data)
         merged["model"] = {**(data.get("model") or {}), **(fields or {}), "name": model_name}
         runs[model_name] = run_config_from_dict(apply_dotted(merged, overrides or []))
@@ -101,7 +111,7 @@ def run_comparison(comparison: Comparison, out_dir: str | Path, quiet: bool = Fa
                 results[name].append(_result_from_dir(run_dir))
                 continue
             result = train(comparison.run(name, seed), run_dir, quiet=quiet,
-                           resume=resume and (run_dir / "checkpoints" / "last" / "trainer_state.json").is_file())
+                           resume=resume and run_dir.is_dir() and any(run_dir.iterdir()))
             results[name].append(result)
             if result.interrupted:
                 return results

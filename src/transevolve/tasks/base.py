@@ -19,6 +19,7 @@ Token ids: 0 is padding everywhere; sequence tasks use 1 = BOS and 2 = EOS (the 
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from torch.utils.data import Dataset
+
+from transevolve.errors import UserError
 
 TaskKind = Literal["classification", "seq2seq", "language_modeling"]
 Example = dict[str, torch.Tensor]
@@ -117,13 +120,45 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
+class TaskOptionError(UserError):
+    """An unknown task, an unknown task option or an invalid option value (the message lists the options)."""
+
+
+def task_options(cls: type[Task]) -> dict[str, Any]:
+    """The options of a task class (keyword arguments of ``__init__``) with their defaults (``...``: required)."""
+    options = {}
+    for parameter in inspect.signature(cls.__init__).parameters.values():
+        if parameter.name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        options[parameter.name] = ... if parameter.default is parameter.empty else parameter.default
+    return options
+
+
+def describe_options(cls: type[Task]) -> str:
+    """``name=default, ...`` for error messages."""
+    options = task_options(cls)
+    if not options:
+        return f"task {cls.name!r} takes no options"
+    return f"options of task {cls.name!r} (default): " + ", ".join(
+        name if default is ... else f"{name}={default!r}" for name, default in options.items())
+
+
 def get_task(name: str, **options: Any) -> Task:
-    """Instantiate a registered task; unknown names list the registered ones."""
+    """Instantiate a registered task. Unknown names list the registered tasks; unknown options and invalid
+    values raise :class:`TaskOptionError` listing the task's options and their defaults."""
     from transevolve import tasks as _tasks  # noqa: F401  (imports every task module)
 
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}")
-    return TASKS[name](**options)
+        raise TaskOptionError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}")
+    cls = TASKS[name]
+    accepts_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+    unknown = sorted(set(options) - set(task_options(cls)))
+    if unknown and not accepts_any:
+        raise TaskOptionError(f"task {name!r} has no option {', '.join(map(repr, unknown))}; {describe_options(cls)}")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as error:
+        raise TaskOptionError(f"{error}\n  {describe_options(cls)}") from error
 
 
 def collate(examples: list[Example]) -> dict[str, torch.Tensor]:

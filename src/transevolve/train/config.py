@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 from transevolve.config import ModelConfig
+from transevolve.errors import ConfigError
 
 Optimizer = Literal["adamw", "adam"]
 Schedule = Literal["noam", "cosine", "constant"]
@@ -56,6 +57,11 @@ class TrainConfig:
         device: ``auto`` (GPU when present), ``cpu``, ``cuda``, ``cuda:1``...
         decode_max_offset: BLEU decoding stops at source length + this.
         beam_size, length_penalty: beam search for the final BLEU (beam 1 = greedy).
+        final_eval_max_examples: the final evaluation of the best checkpoint uses at most this many examples of
+            the validation and of the test split (the first ones, in a fixed order); 0 = whole splits. It is
+            recorded in ``results.json``; metrics on a subset are not comparable with full-split numbers.
+        bleu_max_sentences: the final BLEU decodes at most this many sentences per split (beam search is by far
+            the slowest part of evaluating a translation model); 0 = as many as evaluated.
         tensorboard: also write TensorBoard event files to ``RUN_DIR/tensorboard`` (needs the optional
             ``tensorboard`` package: ``pip install -e '.[tensorboard]'``).
     """
@@ -85,6 +91,8 @@ class TrainConfig:
     decode_max_offset: int = 50
     beam_size: int = 1
     length_penalty: float = 0.6
+    final_eval_max_examples: int = 0
+    bleu_max_sentences: int = 0
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
@@ -93,7 +101,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 errors.append(f"{name}={getattr(self, name)!r} must be a positive integer")
         for name in ("max_tokens", "warmup_steps", "eval_every", "eval_batches", "checkpoint_every",
-                     "early_stopping", "decode_max_offset"):
+                     "early_stopping", "decode_max_offset", "final_eval_max_examples", "bleu_max_sentences"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 errors.append(f"{name}={getattr(self, name)!r} must be a non-negative integer")
         for name, literal in (("optimizer", Optimizer), ("schedule", Schedule), ("precision", Precision)):
@@ -215,36 +223,104 @@ def apply_dotted(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     return result
 
 
+RUN_FILE_HELP = """A run file is a YAML mapping with the sections task (its name is required), model and train
+(or `base: other.yaml` to start from another run file), e.g.
+  task: {name: digits, seed: 0}
+  model: {attention: evolved, ff_type: full, width: 64, num_heads: 2, time_dim: 32}
+  train: {max_steps: 1000, batch_size: 32}
+presets: configs/<task>/{transformer,transevolve-full,transevolve-random}.yaml (e.g. configs/digits/transformer.yaml)"""
+
+
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML run file (or start from defaults when ``path`` is None) and apply dotted overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} not found; presets live in configs/ (e.g. "
-                                    "configs/digits/transevolve-full.yaml)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path} is not valid YAML: {error}") from error
-        data = _resolve_base(data, path)
-    return run_config_from_dict(apply_dotted(data, overrides or []))
+    """Read a YAML run file (or start from defaults when ``path`` is None) and apply dotted overrides.
 
-
-def _resolve_base(data: dict[str, Any], path: Path) -> dict[str, Any]:
-    """``base: other.yaml`` merges another file (relative to this one) under this one."""
-    if not isinstance(data, dict) or "base" not in data:
-        return data
-    base_path = path.parent / str(data.pop("base"))
-    base = load_yaml_with_base(base_path)
-    return _merge(base, data)
-
-
-def load_yaml_with_base(path: Path) -> dict[str, Any]:
+    A file must name its task (``task.name``, possibly through ``base:`` or an override); an empty file, a file
+    that is not a mapping and a ``base:`` cycle raise :class:`ConfigError` explaining what a run file holds.
+    """
+    if path is None:
+        return run_config_from_dict(apply_dotted({}, overrides or []))
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"base config {path} not found")
-    data = yaml.safe_load(path.read_text()) or {}
-    return _resolve_base(data, path)
+        raise FileNotFoundError(f"config file {path} not found; presets live in configs/ (e.g. "
+                                "configs/digits/transevolve-full.yaml)")
+    data = apply_dotted(load_yaml_with_base(path), overrides or [])
+    require_task(data, path)
+    try:
+        return run_config_from_dict(data)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def require_task(data: dict[str, Any], source: str | Path) -> None:
+    """Raise :class:`ConfigError` unless ``data`` (a resolved run file) names its task."""
+    task = data.get("task")
+    if not isinstance(task, dict) or not task.get("name"):
+        present = ", ".join(sorted(data)) or "nothing"
+        raise ConfigError(f"{source} does not name a task (it holds {present}; task.name is missing).\n"
+                          f"{RUN_FILE_HELP}")
+
+
+def load_yaml_with_base(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping; ``base: other.yaml`` merges another file (relative to this one) under it.
+
+    ``base`` chains may be nested; a file that is its own base, directly or through others, is an error that
+    names the chain.
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(resolved):], resolved))
+        raise ConfigError(f"base: files form a cycle: {cycle}")
+    if not path.is_file():
+        via = f" (the base of {_chain[-1]})" if _chain else ""
+        raise FileNotFoundError(f"config file {path}{via} not found")
+    data = read_yaml_mapping(path)
+    if "base" not in data:
+        return data
+    data = dict(data)
+    base = data.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base must be a file name (relative to {path.parent}), got {base!r}")
+    return _merge(load_yaml_with_base(path.parent / base, (*_chain, resolved)), data)
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The YAML mapping in ``path``; empty, unreadable and non-mapping files raise :class:`ConfigError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason})") from error
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    if data is None:
+        raise ConfigError(f"{path} is empty.\n{RUN_FILE_HELP}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds a YAML {type(data).__name__}, not a mapping.\n{RUN_FILE_HELP}")
+    return data
+
+
+def load_saved_run(run_dir: str | Path) -> RunConfig:
+    """The run config that ``transevolve train`` saved in ``run_dir/config.yaml``, with clear errors."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a transevolve run directory")
+    try:
+        data = read_yaml_mapping(path)
+    except ConfigError as error:
+        raise ConfigError(f"{error} ({path} is written by transevolve train; restore it from a copy or train "
+                          "the run again)") from error
+    data = {k: v for k, v in data.items() if k != "resolved_model"}
+    try:
+        return run_config_from_dict(data)
+    except ValueError as error:
+        raise ConfigError(f"{path} is not a valid run config: {error}") from error
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -12,17 +12,32 @@ from transevolve.train.batching import epoch_batches
 from transevolve.train.objectives import forward_loss
 
 
-def _batches(dataset: ExampleDataset, batch_size: int, max_batches: int) -> list[list[int]]:
-    batches = epoch_batches(len(dataset), min(batch_size, len(dataset)), seed=0, epoch=0, shuffle=False,
-                            drop_last=False)
+def _batches(dataset: ExampleDataset, batch_size: int, max_batches: int, max_examples: int = 0) -> list[list[int]]:
+    """Batches of indices in a fixed order over the first ``max_examples`` examples (0 = all)."""
+    size = min(len(dataset), max_examples) if max_examples else len(dataset)
+    batches = epoch_batches(size, min(batch_size, size), seed=0, epoch=0, shuffle=False, drop_last=False)
     return batches[:max_batches] if max_batches else batches
+
+
+def evaluated_examples(size: int, batch_size: int, max_batches: int = 0, max_examples: int = 0) -> int:
+    """How many examples of a split of ``size`` an evaluation with these limits reads."""
+    size = min(size, max_examples) if max_examples else size
+    return min(size, max_batches * min(batch_size, size)) if max_batches else size
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TaskData, split: str, batch_size: int, device: torch.device,
              max_batches: int = 0, bleu: bool = False, beam_size: int = 1, alpha: float = 0.6,
-             max_offset: int = 50) -> dict[str, float]:
-    """Teacher-forced loss and metrics on ``split``; BLEU (sacrebleu, detokenized) when ``bleu`` is set."""
+             max_offset: int = 50, max_examples: int = 0, bleu_max_sentences: int = 0,
+             progress: bool = False) -> dict[str, float]:
+    """Teacher-forced loss and metrics on ``split``; BLEU (sacrebleu, detokenized) when ``bleu`` is set.
+
+    ``max_batches`` and ``max_examples`` (0 = no limit) bound the examples read (the first ones, in a fixed
+    order); ``bleu_max_sentences`` further bounds the sentences decoded for BLEU. ``progress`` shows the
+    examples done, the rate and the ETA on stderr (see :class:`~transevolve.train.progress.Progress`).
+    """
+    from transevolve.train.progress import Progress
+
     if split not in data.splits:
         raise ValueError(f"task {data.name!r} has no split {split!r}; splits: {sorted(data.splits)}")
     was_training = model.training
@@ -30,12 +45,21 @@ def evaluate(model: nn.Module, data: TaskData, split: str, batch_size: int, devi
     dataset = data.splits[split]
     totals: dict[str, float] = {}
     loss_sum = 0.0
-    for indices in _batches(dataset, batch_size, max_batches):
-        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices]).items()}
-        loss, stats = forward_loss(model, batch, data.kind)
-        loss_sum += float(loss)
-        for key, value in stats.items():
-            totals[key] = totals.get(key, 0.0) + value
+    batches = _batches(dataset, batch_size, max_batches, max_examples)
+    bar = Progress(sum(map(len, batches)), enabled=progress, title=f"evaluate {data.name}/{split}",
+                   unit="examples")
+    done = 0
+    try:
+        for indices in batches:
+            batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices]).items()}
+            loss, stats = forward_loss(model, batch, data.kind)
+            loss_sum += float(loss)
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + value
+            done += len(indices)
+            bar.update(done)
+    finally:
+        bar.close()
     units = max(totals.get("units", 0.0), 1.0)
     metrics = {"loss": loss_sum / units}
     if data.kind == "classification":
@@ -46,8 +70,11 @@ def evaluate(model: nn.Module, data: TaskData, split: str, batch_size: int, devi
         if "answered" in totals:
             metrics["exact_match"] = totals["exact"] / max(totals["answered"], 1.0)
     if bleu and data.kind == "seq2seq":
-        metrics["bleu"] = corpus_bleu(model, data, split, batch_size, device, max_batches, beam_size, alpha,
-                                      max_offset)
+        sentences = evaluated_examples(len(dataset), batch_size, max_batches, max_examples)
+        if bleu_max_sentences:
+            sentences = min(sentences, bleu_max_sentences)
+        metrics["bleu"] = corpus_bleu(model, data, split, batch_size, device, 0, beam_size, alpha, max_offset,
+                                      max_sentences=sentences, progress=progress)
     model.train(was_training)
     return metrics
 
@@ -76,19 +103,34 @@ def _strip(ids: list[int]) -> list[int]:
 
 
 def corpus_bleu(model: nn.Module, data: TaskData, split: str, batch_size: int, device: torch.device,
-                max_batches: int = 0, beam_size: int = 1, alpha: float = 0.6, max_offset: int = 50) -> float:
-    """sacrebleu corpus BLEU (default 13a tokenisation, cased) of decoded hypotheses on detokenized text."""
+                max_batches: int = 0, beam_size: int = 1, alpha: float = 0.6, max_offset: int = 50,
+                max_sentences: int = 0, progress: bool = False) -> float:
+    """sacrebleu corpus BLEU (default 13a tokenisation, cased) of decoded hypotheses on detokenized text.
+
+    Decodes the first ``max_sentences`` sentences of ``split`` (0 = all; ``max_batches`` also bounds them);
+    ``progress`` shows sentences done / total, the rate and the ETA on stderr.
+    """
     import sacrebleu
+
+    from transevolve.train.progress import Progress
 
     if data.tokenizer is None:
         raise ValueError(f"task {data.name!r} has no tokenizer to detokenize with; BLEU needs one")
     dataset = data.splits[split]
     hypotheses: list[str] = []
     references: list[str] = []
-    for indices in _batches(dataset, batch_size, max_batches):
-        batch = collate([dataset[i] for i in indices])
-        src = batch["src"].to(device)
-        outputs = decode_batch(model, src, beam_size, alpha, max_offset)
-        hypotheses.extend(data.tokenizer.decode(ids) for ids in outputs)
-        references.extend(data.tokenizer.decode(_strip(dataset[i]["tgt"][1:].tolist())) for i in indices)
+    batches = _batches(dataset, batch_size, max_batches, max_sentences)
+    search = "greedy" if beam_size == 1 else f"beam {beam_size}"
+    bar = Progress(sum(map(len, batches)), enabled=progress, title=f"BLEU {data.name}/{split} ({search})",
+                   unit="sentences", summary=True)
+    try:
+        for indices in batches:
+            batch = collate([dataset[i] for i in indices])
+            src = batch["src"].to(device)
+            outputs = decode_batch(model, src, beam_size, alpha, max_offset)
+            hypotheses.extend(data.tokenizer.decode(ids) for ids in outputs)
+            references.extend(data.tokenizer.decode(_strip(dataset[i]["tgt"][1:].tolist())) for i in indices)
+            bar.update(len(hypotheses))
+    finally:
+        bar.close()
     return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
