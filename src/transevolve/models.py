@@ -23,7 +23,6 @@ Legend: ``b`` batch, ``s`` source length, ``n`` target / sequence length, ``m`` 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -324,9 +323,7 @@ class _Model(nn.Module):
         offset, m = cache.length, ids.shape[1]
         if offset + m > self.config.max_length:
             raise ValueError(f"decoding past max_length={self.config.max_length} (position {offset + m - 1})")
-        embedding = self.embedding
-        tokens = embedding.weight[ids] * (ids != 0).unsqueeze(-1).to(embedding.weight.dtype)
-        x = tokens * math.sqrt(embedding.width) + embedding.positions[offset: offset + m]
+        x = self.embedding.tokens(ids) + self.embedding.positions[offset: offset + m]
         return x, padding(ids)
 
 

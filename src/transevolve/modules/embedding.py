@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -40,10 +41,19 @@ class TiedEmbedding(nn.Module):
         self.weight = nn.Parameter(torch.randn(vocab_size, width) * width**-0.5)
         self.register_buffer("positions", sinusoidal_positions(max_length, width), persistent=False)
 
+    def tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids (b, n)`` -> scaled token embeddings ``(b, n, d)``, zero at pads (no positions).
+
+        ``F.embedding`` rather than ``weight[ids]``: the CPU backward of advanced indexing accumulates repeated
+        ids with parallel atomic adds (run-to-run different sums on 2+ threads); ``embedding``'s backward sums
+        each row in index order (deterministic, and faster).
+        """
+        tokens = F.embedding(ids, self.weight) * (ids != 0).unsqueeze(-1).to(self.weight.dtype)
+        return tokens * math.sqrt(self.width)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids (b, n)`` -> ``(b, n, d)``."""
-        tokens = self.weight[ids] * (ids != 0).unsqueeze(-1).to(self.weight.dtype)
-        return tokens * math.sqrt(self.width) + self.positions[: ids.shape[1]]
+        return self.tokens(ids) + self.positions[: ids.shape[1]]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(b, n, d)`` -> ``(b, n, V)``: no bias, no scaling."""
