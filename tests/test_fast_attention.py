@@ -33,17 +33,18 @@ FAST = ("factorised", "low_memory")
 ATOL = 1e-5
 
 
-def _pair(config: ModelConfig, impl: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+def _pair(config: ModelConfig, impl: str, seed: int = 0, dtype: torch.dtype = torch.float32
+          ) -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(seed)
-    reference = build_model(config.replace(attention_impl="reference"))
-    fast = build_model(config.replace(attention_impl=impl))
+    reference = build_model(config.replace(attention_impl="reference")).to(dtype)
+    fast = build_model(config.replace(attention_impl=impl)).to(dtype)
     fast.load_state_dict(reference.state_dict())
     return reference, fast
 
 
 def _loss(output: torch.Tensor) -> torch.Tensor:
     """A fixed random projection of every output entry (pads included), of order 1."""
-    weights = torch.randn(output.shape, generator=torch.Generator().manual_seed(7))
+    weights = torch.randn(output.shape, generator=torch.Generator().manual_seed(7)).to(output.dtype)
     return (output * weights).sum() / math.sqrt(output.numel())
 
 
@@ -51,15 +52,31 @@ def _gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: (p.grad if p.grad is not None else torch.zeros_like(p)) for name, p in model.named_parameters()}
 
 
-def _assert_same_training_step(config: ModelConfig, impl: str, inputs: tuple[torch.Tensor, ...]) -> None:
-    reference, fast = _pair(config, impl)
+def _assert_same_training_step(config: ModelConfig, impl: str, inputs: tuple[torch.Tensor, ...],
+                               dtype: torch.dtype = torch.float32, atol: float = ATOL) -> None:
+    reference, fast = _pair(config, impl, dtype=dtype)
     expected, actual = reference(*inputs), fast(*inputs)
-    torch.testing.assert_close(actual, expected, rtol=0, atol=ATOL)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=atol)
     _loss(expected).backward()
     _loss(actual).backward()
     expected_grads, actual_grads = _gradients(reference), _gradients(fast)
     for name, grad in expected_grads.items():
-        torch.testing.assert_close(actual_grads[name], grad, rtol=0, atol=ATOL, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(actual_grads[name], grad, rtol=0, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def _with_blocked_rows(config: ModelConfig) -> tuple[torch.Tensor, ...]:
+    """Padded inputs plus an all-pad sequence (every row fully blocked) and leading pads (causal rows that see
+    no key)."""
+    inputs = list(model_inputs(config, batch=3, length=8, tgt_length=6))
+    first = inputs[0].clone()
+    first[1] = 0                                  # all-pad sequence
+    first[2, :3] = 0                              # leading pads
+    inputs[0] = first
+    if config.kind == "encoder_decoder":
+        tgt = inputs[1].clone()
+        tgt[2, :2] = 0
+        inputs[1] = tgt
+    return tuple(inputs)
 
 
 @pytest.mark.parametrize("impl", FAST)
@@ -76,16 +93,16 @@ def test_fast_equals_reference_outputs_and_gradients(kind: str, ff_type: str, fi
 def test_fast_handles_all_pad_rows_and_leading_pads(kind: str, impl: str) -> None:
     """An all-pad sequence (every row fully blocked) and leading pads (causal rows that see no key)."""
     config = tiny_config(kind=kind)
-    inputs = list(model_inputs(config, batch=3, length=8, tgt_length=6))
-    first = inputs[0].clone()
-    first[1] = 0                                  # all-pad sequence
-    first[2, :3] = 0                              # leading pads
-    inputs[0] = first
-    if kind == "encoder_decoder":
-        tgt = inputs[1].clone()
-        tgt[2, :2] = 0
-        inputs[1] = tgt
-    _assert_same_training_step(config, impl, tuple(inputs))
+    _assert_same_training_step(config, impl, _with_blocked_rows(config))
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("kind", KINDS)
+def test_fast_equals_reference_in_float64_with_blocked_rows(kind: str, impl: str) -> None:
+    """float64, where ``S - 1e9`` no longer rounds to -1e9: the reference still gives fully blocked rows the
+    official uniform attention and its gradient, so both paths agree to float64 rounding."""
+    config = tiny_config(kind=kind, ff_type="random" if kind == "decoder" else "full")
+    _assert_same_training_step(config, impl, _with_blocked_rows(config), torch.float64, atol=1e-10)
 
 
 @pytest.mark.parametrize("impl", FAST)

@@ -88,7 +88,7 @@ def test_batch_helper_pads_only_row_ends(kind: str) -> None:
 
 def _softmax_key_bias_names(model: torch.nn.Module) -> set[str]:
     """The key bias of softmax attention only shifts every score of a row by the same amount (q . b_k), so the
-    softmax removes it: provably dead, like the evolved attention's key_time (see the xfail test below)."""
+    softmax removes it: provably dead, like the evolved attention's key_time."""
     return {f"{prefix}.key_proj.bias" for prefix, module in model.named_modules()
             if isinstance(module, SoftmaxAttention)}
 
@@ -423,11 +423,12 @@ def test_to_lean_same_function_float32(variant: Variant) -> None:
 
 @pytest.mark.parametrize("variant", variant_params(EVOLVED_VARIANTS))
 def test_to_lean_same_function_float64(variant: Variant) -> None:
-    """Unpadded inputs: with padding, float64 differs at fully masked rows (see the xfail test below)."""
+    """Padded inputs included: fully blocked (pad) rows are uniform in both fidelities, in float64 too."""
     config = variant.config()
     official = build(config, torch.float64).eval()
-    lean = to_lean(official).to(torch.float64)   # to_lean returns float32 (see xfail below); values are exact
-    inputs = model_inputs(config, padded=False)
+    lean = to_lean(official)
+    inputs = model_inputs(config, padded=True)
+    assert any((x == 0).any() for x in inputs)
     with torch.no_grad():
         expected = outputs(official, inputs)
         torch.testing.assert_close(outputs(lean, inputs), expected, rtol=0, atol=1e-10)
@@ -462,10 +463,9 @@ def _assert_float64_matches_float32(config: ModelConfig, ids: torch.Tensor) -> N
         torch.testing.assert_close(double(ids), model(ids).double(), rtol=0, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG EvolvedAttention.scores adds masks.additive (-1e9) in the scores' dtype: "
-                   "in float32 a fully masked (pad) query row is exactly uniform, in float64 it is softmax(S), so a "
-                   "float64 model computes a different function at pad rows (and through the pad-inclusive mean)")
 def test_float64_matches_float32_on_padded_rows() -> None:
+    """The reference path: a fully blocked (pad) query row is uniform in float64 too, as the official -1e9 mask
+    makes it in float32 (adding -1e9 in float64 used to leave softmax(S) there)."""
     config = tiny_config(kind="classifier", attention_impl="reference")
     (ids,) = model_inputs(config)
     assert (ids == 0).any()
@@ -474,7 +474,7 @@ def test_float64_matches_float32_on_padded_rows() -> None:
 
 @pytest.mark.parametrize("impl", ["factorised", "low_memory"])
 def test_fast_paths_float64_matches_float32_on_padded_rows(impl: str) -> None:
-    """The fast paths give fully blocked rows their uniform float32 value in every dtype (unlike the xfail above)."""
+    """The fast paths give fully blocked rows their uniform float32 value in every dtype."""
     config = tiny_config(kind="classifier", attention_impl=impl)
     (ids,) = model_inputs(config)
     assert (ids == 0).any()

@@ -40,9 +40,10 @@ Execution paths (``ModelConfig.attention_impl``; all compute the same function u
 
 Both fast paths skip the inert terms and never form ``kappa``: the key bias at depth l is ``K (P_Q . tau_l)``
 (``D h`` multiply-adds per key and layer). Fully blocked query rows (official masks: padded queries, or no
-visible key) attend uniformly to every key, as the official ``-1e9`` mask makes them do in float32; the fast
-paths write that mean of the values directly and add a zero-valued term that carries the gradient the reference
-path's autograd gives those rows (:func:`blocked_row_surrogate`), so training matches too.
+visible key) attend uniformly to every key in every dtype, as the official ``-1e9`` mask makes them do in
+float32 (:func:`official_masked_logits`); the fast paths write that mean of the values directly and add a
+zero-valued term that carries the gradient the reference path gives those rows (the official softmax Jacobian at
+uniform weights, :func:`blocked_row_surrogate`), so training matches too.
 """
 
 from __future__ import annotations
@@ -427,10 +428,11 @@ def blocked_row_surrogate(queries: torch.Tensor, keys: torch.Tensor, bias: torch
     """Zero-valued ``(b, h, q, v)`` term carrying the reference's gradient at fully blocked rows.
 
     A fully blocked row's value (the mean of the values) does not depend on its scores ``S``, but autograd
-    through the reference's ``S - 1e9`` gives it the softmax Jacobian at uniform weights:
-    ``dS_ij = (g_i . V_j - mean_j g_i . V_j) / k``. The official code trains with that gradient, so the fast
-    paths add ``(sum_j dS_ij V_j - mean_j(dS_ij) sum_j V_j) / k`` with ``dS = S - stop_gradient(S)`` (exactly 0),
-    expanded through ``S_ij = q_i . k_j + bias_j`` so that no n x n tensor is formed.
+    through the official ``S - 1e9`` (and the reference path, :func:`official_masked_logits`) gives it the softmax
+    Jacobian at uniform weights: ``dS_ij = (g_i . V_j - mean_j g_i . V_j) / k``. The official code trains with
+    that gradient, so the fast paths add ``(sum_j dS_ij V_j - mean_j(dS_ij) sum_j V_j) / k`` with
+    ``dS = S - stop_gradient(S)`` (exactly 0), expanded through ``S_ij = q_i . k_j + bias_j`` so that no n x n
+    tensor is formed.
     """
     n_k = values.shape[2]
     values, fixed_q, fixed_k = values.detach(), queries.detach(), keys.detach()
@@ -585,6 +587,38 @@ class BlockInteraction(nn.Module):
         return block
 
 
+class _OfficialMask(torch.autograd.Function):
+    """``where(blocked, fill, logits)`` forward, identity backward: the gradient of the official
+    ``logits + (-1e9) * blocked``."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, logits: torch.Tensor, blocked: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+        ctx.dtype = logits.dtype  # type: ignore[attr-defined]
+        return torch.where(blocked, fill, logits)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad.to(ctx.dtype), None, None
+
+
+def official_masked_logits(logits: torch.Tensor, masks: AttentionMasks) -> torch.Tensor:
+    """The official ``logits - 1e9 * blocked`` in every dtype: ``logits (b, h, q, k)`` -> ``(b, h, q, k)``, in
+    the promotion of their dtype with float32, as the official float32 mask gives.
+
+    Blocked entries of a partly blocked row become -1e9 (weight exactly 0). Every entry of a fully blocked row
+    (padded query, or no visible key) becomes 0, so its softmax is uniform over every key in every dtype; adding
+    -1e9 gives that in float32 only (``S - 1e9`` rounds to -1e9 there), while float64 keeps ``softmax(S)``.
+
+    Gradient: the identity, as through the official ``S + (-1e9) M``. At partly blocked entries the softmax then
+    passes exactly 0 (zero weight). A fully blocked row's output (the mean of the values) does not depend on its
+    scores, so its true derivative w.r.t. them is 0; like the official code, it gets the softmax Jacobian at
+    uniform weights instead, ``dS_ij = (g_i . V_j - mean_l g_i . V_l) / k`` (the fast paths add the same through
+    :func:`blocked_row_surrogate`).
+    """
+    fill = torch.where(masks.blocked_rows, 0.0, BLOCKED_SCORE).to(torch.promote_types(logits.dtype, torch.float32))
+    return _OfficialMask.apply(logits, masks.blocked, fill)
+
+
 def time_signal(amplitudes: torch.Tensor, depth: int, period: float) -> torch.Tensor:
     """``T_l = [sin(x p), cos(x p)] * theta`` with ``x = l pi / period`` in float32; ``(d,)``."""
     half = amplitudes.shape[0] // 2
@@ -628,7 +662,7 @@ class EvolvedAttention(nn.Module):
         return (block.flat_keys @ self.bias_mixing(block.time_weight)).transpose(1, 2)
 
     def scores(self, block: BlockScores, masks: AttentionMasks) -> torch.Tensor:
-        """Masked logits ``S_l`` of shape ``(b, h, q, k)``."""
+        """Masked logits ``S_l`` of shape ``(b, h, q, k)`` (see :func:`official_masked_logits`)."""
         tau = time_signal(self.time_amplitudes, self.depth, self.time_period).view(self.num_heads, -1)
         key_bias = torch.einsum("bhkt,ht->bhk", block.key_time, tau).unsqueeze(2)        # (b, h, 1, k)
         if block.query_time is not None and block.time_time is not None:
@@ -637,7 +671,7 @@ class EvolvedAttention(nn.Module):
             logits = (block.initial + (query_bias + key_bias)) + constant
         else:
             logits = block.initial + key_bias
-        return logits + masks.additive
+        return official_masked_logits(logits, masks)
 
     def forward(self, state: torch.Tensor, values_source: torch.Tensor, masks: AttentionMasks,
                 block: BlockScores | FastScores | None = None, return_weights: bool = False

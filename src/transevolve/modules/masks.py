@@ -3,8 +3,9 @@
 The official TransEvolve code blocks a pair (i, j) when query i or key j is padding (and j > i for causal
 self-attention) and adds ``-1e9 * blocked`` to the scores; a padded query row is therefore fully blocked and,
 since its scores are all exactly -1e9 in float32, attends uniformly to every key. The evolved attention keeps
-that behaviour (it changes what a pad-inclusive mean pools). The softmax Transformer blocks only padded keys
-and future keys, so no row is ever fully blocked.
+that behaviour in every dtype (it changes what a pad-inclusive mean pools; see
+:func:`transevolve.modules.evolved_attention.official_masked_logits`). The softmax Transformer blocks only padded
+keys and future keys, so no row is ever fully blocked.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from transevolve.config import ModelConfig
 
-#: Value added to blocked scores by the official code.
+#: Value added to blocked scores by the official code (the reference path writes it in).
 BLOCKED_SCORE = -1e9
 
 
@@ -42,9 +43,9 @@ class AttentionMasks:
         return blocked
 
     @cached_property
-    def additive(self) -> torch.Tensor:
-        """``(b, 1, q, k)`` float32: ``-1e9`` where blocked, 0 elsewhere (added to scores)."""
-        return self.blocked.to(torch.float32) * BLOCKED_SCORE
+    def blocked_rows(self) -> torch.Tensor:
+        """``(b, 1, q, 1)`` bool: rows the official mask blocks entirely (padded query, or no visible key)."""
+        return self.blocked.all(-1, keepdim=True)
 
     @cached_property
     def allowed_keys(self) -> torch.Tensor:
