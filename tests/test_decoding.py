@@ -163,12 +163,12 @@ def test_cache_holds_what_the_design_says(attention: str) -> None:
         assert cache.store["decoder.0.self.keys"].shape == (2, config.num_heads, 2,
                                                             config.score_width // config.num_heads)
         assert cache.store["decoder.0.cross.keys"].shape[2] == 7                    # once per source
-        assert cache.store["decoder.0.layers.0.self.bias"].shape == (2, config.num_heads, 2)
-        assert cache.store["decoder.0.layers.0.self.values"].shape == (2, config.num_heads, 2, config.head_width)
-        assert cache.store["decoder.0.layers.0.cross.values"].shape[2] == 7
+        assert cache.store["decoder.0.layers.0.0.self.bias"].shape == (2, config.num_heads, 2)
+        assert cache.store["decoder.0.layers.0.0.self.values"].shape == (2, config.num_heads, 2, config.head_width)
+        assert cache.store["decoder.0.layers.0.0.cross.values"].shape[2] == 7
     else:
-        assert cache.store["decoder.0.layers.0.self.keys"].shape == (2, config.num_heads, 2, config.head_width)
-        assert cache.store["decoder.0.layers.0.cross.values"].shape[2] == 7
+        assert cache.store["decoder.0.layers.0.0.self.keys"].shape == (2, config.num_heads, 2, config.head_width)
+        assert cache.store["decoder.0.layers.0.0.cross.values"].shape[2] == 7
     before = {name: tensor.clone() for name, tensor in cache.store.items()}
     cache.reorder(torch.tensor([1, 0]))
     for name, tensor in cache.store.items():

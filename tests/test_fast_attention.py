@@ -324,32 +324,32 @@ def test_random_ff_weight_cached_in_eval_and_invalidated() -> None:
     model = build_model(config).eval()
     projection = model.encoder.blocks[0].layers[1].feed_forward.expand
     with torch.no_grad():
-        first = projection.weight()
-        assert projection.weight() is first                                  # cached
-        torch.testing.assert_close(first, projection._build_weight(), rtol=0, atol=0)
+        first = projection.weight(1.0)
+        assert projection.weight(1.0) is first                                  # cached
+        torch.testing.assert_close(first, projection._build_weight(1.0), rtol=0, atol=0)
         projection.singular_values.mul_(2.0)                                 # in-place update: rebuilt
-        second = projection.weight()
+        second = projection.weight(1.0)
         assert second is not first
         torch.testing.assert_close(second, 2.0 * first, rtol=1e-6, atol=1e-7)
         other = build_model(config)
         model.load_state_dict(other.state_dict())                           # new values: rebuilt
-        torch.testing.assert_close(projection.weight(), other.encoder.blocks[0].layers[1].feed_forward.expand
-                                   .weight(), rtol=0, atol=0)
+        torch.testing.assert_close(projection.weight(1.0), other.encoder.blocks[0].layers[1].feed_forward.expand
+                                   .weight(1.0), rtol=0, atol=0)
     with torch.inference_mode():
-        cached = projection.weight()
-        assert projection.weight() is cached
+        cached = projection.weight(1.0)
+        assert projection.weight(1.0) is cached
     model.eval()                                                             # already eval: cache kept
     with torch.inference_mode():
-        assert projection.weight() is cached
+        assert projection.weight(1.0) is cached
     model.double()                                                           # dtype change: rebuilt
     with torch.no_grad():
-        assert projection.weight().dtype == torch.float64
+        assert projection.weight(1.0).dtype == torch.float64
     model.train()                                                            # training: never cached
     assert projection._cached_weight is None
-    built = projection.weight()
-    assert built.requires_grad and projection.weight() is not built
+    built = projection.weight(1.0)
+    assert built.requires_grad and projection.weight(1.0) is not built
     model.eval()
-    assert projection.weight().requires_grad                                 # autograd on: not cached
+    assert projection.weight(1.0).requires_grad                                 # autograd on: not cached
     assert projection._cached_weight is None
 
 

@@ -189,11 +189,12 @@ def test_random_ff_depth0_contract_weight_is_exactly_zero() -> None:
     model = build(tiny_config(kind="encoder", ff_type="random"))
     projections = {name: m for name, m in model.named_modules() if isinstance(m, TemporalProjection)}
     for name, projection in projections.items():
-        weight = projection.weight()
-        if projection.depth == 0 and projection.in_features > projection.out_features:
+        (t,) = projection.times
+        weight = projection.weight(t)
+        if t == 0 and projection.in_features > projection.out_features:
             assert torch.count_nonzero(weight) == 0, name
         else:
-            assert torch.linalg.matrix_rank(weight.double()) >= (1 if projection.depth == 0 else 2), name
+            assert torch.linalg.matrix_rank(weight.double()) >= (1 if t == 0 else 2), name
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -357,7 +358,7 @@ def test_intermediates_attention_weights(kind: str, attention: str) -> None:
         assert len(trace.block_outputs) == config.num_blocks
         assert len(trace.block_scores) == (config.num_blocks if attention == "evolved" else 0)
         b, n = queries.shape
-        for weights in trace.self_attention:
+        for weights in trace.self_attention.values():
             assert weights.shape == (b, config.num_heads, n, n)
             assert (weights >= 0).all()
             torch.testing.assert_close(weights.sum(-1), torch.ones(b, config.num_heads, n), rtol=0, atol=1e-5)
@@ -370,7 +371,7 @@ def test_intermediates_attention_weights(kind: str, attention: str) -> None:
                 assert weights[future & on_real_rows].abs().max() < 1e-6
         cross_expected = config.kind == "encoder_decoder" and causal
         assert len(trace.cross_attention) == (config.depth if cross_expected else 0)
-        for weights in trace.cross_attention:
+        for weights in trace.cross_attention.values():
             assert weights.shape == (b, config.num_heads, n, keys.shape[1])
             torch.testing.assert_close(weights.sum(-1), torch.ones(b, config.num_heads, n), rtol=0, atol=1e-5)
     if config.kind == "classifier":

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 ModelKind = Literal["encoder_decoder", "encoder", "classifier", "decoder"]
-AttentionKind = Literal["evolved", "softmax"]
+#: Registered attention mechanisms (:mod:`transevolve.modules.registry`); the built-in ones:
+AttentionKind = str   # "evolved" | "softmax" | ... (any registered name)
 FeedForwardKind = Literal["full", "random"]
 Fidelity = Literal["official", "lean"]
 Pooling = Literal["mean", "masked_mean"]
@@ -62,6 +63,14 @@ class ModelConfig:
         num_classes: classes of a ``classifier`` (2 means one sigmoid unit, as in the official code).
         pooling: classifier pooling: ``mean`` over all positions, pads included (official), or
             ``masked_mean`` over non-pad positions.
+        scheme: the layer-update scheme (:mod:`transevolve.schemes`): ``sequential`` (Lie-Trotter, the standard
+            pre-LN layer), ``parallel`` (Zhong et al.), ``macaron`` (Strang-Marchuk), ``rk2``, ``rk2_gated``, ``rk4``
+            (ODE Transformer). TransEvolve computes its block interaction once per block under every scheme and
+            evolves it with the time signal at each stage's time.
+        share_layers: k consecutive layers of a block share one layer's weights (1 = none, layers_per_block =
+            all): the block then integrates a piecewise-constant (k = L: autonomous up to the time signal) field.
+        macaron_half_width: halve the inner width of Macaron's two feed-forwards, so that a layer has the
+            parameters of one full-width feed-forward (as the Macaron paper does).
         random_ff_seed: seed of the fixed random tensors of the random feed-forward (they are saved with the
             model as buffers, so a checkpoint reproduces them).
         attention_impl: how evolved attention is computed (an execution choice, not architecture: it is left out
@@ -95,6 +104,9 @@ class ModelConfig:
     num_classes: int | None = None
     pooling: Pooling = "mean"
     random_ff_seed: int = 1
+    scheme: str = "sequential"
+    share_layers: int = 1
+    macaron_half_width: bool = False
     # Execution choices and labels: not part of the architecture, left out of equality.
     attention_impl: AttentionImpl = field(default="auto", compare=False)
     # Not part of the architecture; kept so that a saved config says where it came from.
@@ -109,7 +121,6 @@ class ModelConfig:
         errors: list[str] = []
         for name, literal in (
             ("kind", ModelKind),
-            ("attention", AttentionKind),
             ("ff_type", FeedForwardKind),
             ("fidelity", Fidelity),
             ("pooling", Pooling),
@@ -118,8 +129,15 @@ class ModelConfig:
             value = getattr(self, name)
             if value not in _choices(literal):
                 errors.append(f"{name}={value!r} is not one of {list(_choices(literal))}")
+        from transevolve.modules.registry import ATTENTIONS
+        from transevolve.schemes import SCHEMES
+
+        if self.attention not in ATTENTIONS:
+            errors.append(f"attention={self.attention!r} is not one of the registered mechanisms {sorted(ATTENTIONS)}")
+        if self.scheme not in SCHEMES:
+            errors.append(f"scheme={self.scheme!r} is not one of the registered schemes {sorted(SCHEMES)}")
         for name in ("vocab_size", "width", "num_heads", "layers_per_block", "num_blocks", "ff_multiplier",
-                     "max_length", "time_dim"):
+                     "max_length", "time_dim", "share_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 errors.append(f"{name}={value!r} must be a positive integer")
@@ -159,6 +177,17 @@ class ModelConfig:
         elif self.num_classes is not None:
             errors.append(f"num_classes={self.num_classes} is only meaningful for kind='classifier' "
                           f"(kind={self.kind!r}); leave it None")
+        if self.layers_per_block % self.share_layers:
+            errors.append(f"share_layers={self.share_layers} must divide layers_per_block={self.layers_per_block} "
+                          f"(k consecutive layers share one layer's weights); choose among "
+                          f"{[k for k in range(1, self.layers_per_block + 1) if self.layers_per_block % k == 0]}")
+        if not isinstance(self.macaron_half_width, bool):
+            errors.append(f"macaron_half_width={self.macaron_half_width!r} must be true or false")
+        elif self.macaron_half_width and self.scheme != "macaron":
+            errors.append("macaron_half_width=true halves the two feed-forwards of scheme='macaron' (to match the "
+                          f"parameters of one full-width feed-forward); scheme is {self.scheme!r}")
+        elif self.macaron_half_width and (self.ff_width // 2) % 2 and self.ff_type == "random":
+            errors.append("macaron_half_width with ff_type='random' needs ff_multiplier * width divisible by 4")
         if self.kind != "classifier" and self.pooling != "mean":
             errors.append(f"pooling={self.pooling!r} is only meaningful for kind='classifier'")
         return errors
@@ -182,6 +211,11 @@ class ModelConfig:
     @property
     def ff_width(self) -> int:
         return self.ff_multiplier * self.width
+
+    @property
+    def scheme_ff_width(self) -> int:
+        """Inner width of each feed-forward module of a layer (Macaron's two halves with ``macaron_half_width``)."""
+        return self.ff_width // 2 if self.macaron_half_width else self.ff_width
 
     @property
     def has_decoder(self) -> bool:

@@ -68,15 +68,16 @@ def attention_maps(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Attenti
     ids = inputs.get("src", inputs.get("ids"))
     assert ids is not None
     n = int((ids[0] != 0).sum())
-    config = model.config
     labels, maps = [], []
-    for index, weights in enumerate(trace.self_attention):
-        block, depth = divmod(index, config.layers_per_block)
-        if depth == 0 and trace.block_scores:
-            initial = trace.block_scores[block].initial[0, :, :n, :n]
+    shown_blocks: set[int] = set()
+    for (block, layer, stage), weights in trace.self_attention.items():
+        scores = trace.block_scores.get(block)
+        if block not in shown_blocks and getattr(scores, "initial", None) is not None:
             labels.append(f"A0 block {block}")
-            maps.append(torch.softmax(initial, dim=-1))
-        labels.append(f"block {block} layer {depth}" if config.attention == "evolved" else f"layer {index}")
+            maps.append(torch.softmax(scores.initial[0, :, :n, :n], dim=-1))
+        shown_blocks.add(block)
+        label = f"block {block} layer {layer}" + (f" stage {stage}" if stage else "")
+        labels.append(label)
         maps.append(weights[0, :, :n, :n])
     return AttentionMaps(labels, maps, n)
 

@@ -245,7 +245,7 @@ def run_on_fixture(model: nn.Module, fixture: OfficialFixture) -> dict[str, torc
                 out[key] = hidden
         else:
             raise TypeError(f"no fixture replay for {type(model).__name__}")
-    _add_intermediates(out, inter, model.config.layers_per_block)
+    _add_intermediates(out, inter)
     return out
 
 
@@ -254,18 +254,18 @@ def _official_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[-1] == 1 else torch.softmax(logits, dim=-1)
 
 
-def _add_intermediates(out: dict[str, torch.Tensor], inter: Intermediates, per_block: int) -> None:
+def _add_intermediates(out: dict[str, torch.Tensor], inter: Intermediates) -> None:
     for prefix, embedded, trace in (("enc", inter.encoder_input, inter.encoder),
                                     ("dec", inter.decoder_input, inter.decoder)):
         if embedded is None or trace is None:
             continue
         out[f"intermediate.{prefix}_in"] = embedded
-        for index, state in enumerate(trace.layer_outputs):
-            block, depth = divmod(index, per_block)
+        for (block, depth), state in trace.layer_outputs.items():
             out[f"intermediate.{prefix}_block{block}_layer{depth}_out"] = state
-        for block, state in enumerate(trace.block_outputs):
+        for block, state in trace.block_outputs.items():
             out[f"intermediate.{prefix}_block{block}_out"] = state
-        out[f"intermediate.{'encoder' if prefix == 'enc' else 'decoder'}_output"] = trace.block_outputs[-1]
+        last = max(trace.block_outputs)
+        out[f"intermediate.{'encoder' if prefix == 'enc' else 'decoder'}_output"] = trace.block_outputs[last]
         if prefix == "enc" and trace.block_scores:
             scores = trace.block_scores[0]
             out["intermediate.enc_block0_A0"] = scores.initial

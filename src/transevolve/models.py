@@ -1,21 +1,26 @@
 """The shared trunk: layers, blocks, stacks and the four model kinds.
 
-Every model is built from the same pieces; ``config.attention`` picks TransEvolve's evolved attention or the
-standard softmax attention, and nothing else changes, so comparisons differ only in the attention.
+Every model is built from the same pieces, and three config values pick the variant:
 
-- Layer at depth ``l`` (pre-LN, residual): ``x += SelfAttn_l(x)``; ``x += CrossAttn_l(x, memory)`` (decoders with
-  a memory); ``x += FF_l(x)``.
-- Block: for evolved attention, the block-level interactions (self, and cross from the block input to the memory)
-  are computed once from the block input; then ``L`` layers; then a LayerNorm. Depth ``l`` restarts at 0 in every
-  block, as in the official code.
-- Stack: ``N`` blocks.
+- ``config.attention`` names a registered attention mechanism (:mod:`transevolve.modules.registry`: ``softmax``,
+  ``evolved``, ...). A mechanism has a per-layer sub-layer and, optionally, a per-block module whose state is shared
+  by the block's layers (TransEvolve's query-key interaction, computed once from the block input).
+- ``config.scheme`` names the layer-update scheme (:mod:`transevolve.schemes`): how a layer combines its vector
+  fields (self-attention, cross-attention for decoders with a memory, feed-forward), each a function of the state
+  and a time value. ``sequential`` is the standard pre-LN layer ``x += A(x); x += C(x); x += F(x)``.
+- ``config.share_layers = k``: k consecutive layer evaluations of a block share one layer's weights.
 
-Incremental decoding (``decode_step`` of the decoder models, driven by :mod:`transevolve.decoding`) runs the
-same layers on new positions only, with a :class:`DecodeCache` holding per block the projected keys ``K`` of
-every earlier block input (evolved: a new position's ``A0`` row needs its query against all of them) and per layer
-the key biases and normalised values (evolved) or keys and values (softmax); the cross-attention terms are
-computed once per source. The evolved key bias of a new key is ``K (P_Q . tau_l)`` (``P_Q . tau_l`` cached per
-layer), so ``kappa`` itself need not be cached.
+A block evaluates its layers at times ``t = 0 .. L-1`` (restarting in every block, as in the official TransEvolve
+code), then applies a LayerNorm; a stack is ``N`` blocks. Time is a value passed to the fields, so a scheme's
+intermediate stages (``t + h/2``...) evaluate TransEvolve's time signal and the random feed-forward's matrices at
+their own time.
+
+Incremental decoding (``decode_step`` of the decoder models, driven by :mod:`transevolve.decoding`) runs the same
+scheme code on new positions only, with the layer fields bound to a :class:`DecodeCache`: every (block, layer,
+stage, self/cross) evaluation caches what its mechanism needs (softmax: keys and values; evolved: per block the
+keys ``K`` of every earlier block input, per evaluation the key biases ``K (P_Q tau(t))`` and normalised values).
+
+Traces (``return_intermediates=True``) are keyed by ``(block, layer)`` and ``(block, layer, stage)``.
 
 Legend: ``b`` batch, ``s`` source length, ``n`` target / sequence length, ``m`` new positions, ``d`` width,
 ``V`` vocabulary, ``C`` classes.
@@ -24,27 +29,23 @@ Legend: ``b`` batch, ``s`` source length, ``n`` target / sequence length, ``m`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from transevolve.config import ModelConfig
+from transevolve.modules.cache import CacheStore, StepContext
 from transevolve.modules.embedding import TiedEmbedding
-from transevolve.modules.evolved_attention import (
-    BlockInteraction,
-    BlockScores,
-    CacheStore,
-    EvolvedAttention,
-    FastScores,
-    append_cache,
-    fully_blocked_rows,
-    precompute_key_biases,
-    resolve_impl,
-    visible_keys,
-)
 from transevolve.modules.feedforward import build_feed_forward, dense
-from transevolve.modules.masks import AttentionMasks, padding, validate_ids
-from transevolve.modules.softmax_attention import SoftmaxAttention
+from transevolve.modules.masks import AttentionMasks, StepMasks, padding, validate_ids
+from transevolve.modules.registry import get_attention
+from transevolve.schemes import Scheme, get_scheme
+
+#: ``(block, layer)``: a layer evaluation of a stack (``layer`` counts evaluations, shared weights or not).
+LayerKey = tuple[int, int]
+#: ``(block, layer, stage)``: one evaluation of a sub-layer inside a scheme's step.
+StageKey = tuple[int, int, int]
 
 
 @dataclass
@@ -52,18 +53,22 @@ class StackTrace:
     """What happened inside one stack, recorded on request (``return_intermediates=True``).
 
     Attributes:
-        layer_outputs: state after every layer, ``(b, n, d)`` each, in depth order over all blocks.
-        block_outputs: state after every block's final LayerNorm.
-        self_attention: per layer, the self-attention weights ``(b, h, n, n)``.
-        cross_attention: per layer, the cross-attention weights ``(b, h, n, s)`` (decoders with a memory).
-        block_scores: per block, the evolved attention's :class:`BlockScores` (self-attention; empty for softmax).
+        layer_outputs: ``(block, layer) ->`` the state after that layer's step ``(b, n, d)``.
+        block_outputs: ``block ->`` the state after the block's final LayerNorm.
+        self_attention: ``(block, layer, stage) ->`` self-attention weights ``(b, h, n, n)``.
+        cross_attention: ``(block, layer, stage) ->`` cross-attention weights ``(b, h, n, s)`` (decoders with a
+            memory).
+        block_scores: ``block ->`` the block-level state of the self-attention (evolved: :class:`BlockScores`;
+            absent for mechanisms without one).
+
+    Dicts keep insertion order, which is the order of evaluation.
     """
 
-    layer_outputs: list[torch.Tensor] = field(default_factory=list)
-    block_outputs: list[torch.Tensor] = field(default_factory=list)
-    self_attention: list[torch.Tensor] = field(default_factory=list)
-    cross_attention: list[torch.Tensor] = field(default_factory=list)
-    block_scores: list[BlockScores] = field(default_factory=list)
+    layer_outputs: dict[LayerKey, torch.Tensor] = field(default_factory=dict)
+    block_outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    self_attention: dict[StageKey, torch.Tensor] = field(default_factory=dict)
+    cross_attention: dict[StageKey, torch.Tensor] = field(default_factory=dict)
+    block_scores: dict[int, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,9 +88,9 @@ class DecodeCache:
     Attributes:
         length: positions processed so far.
         key_pad: ``(b, length)`` bool, padded positions among them (e.g. after a sequence finished).
-        store: cached tensors by module path: per block ``keys (b, h, n, D/h)`` (evolved, self and cross), per
-            layer ``bias (b, h, n)`` and ``values (b, h, n, d/h)`` (evolved; ``P_Q . tau_l`` in
-            ``store.constants``) or ``keys``/``values`` (softmax).
+        store: cached tensors by name (block, layer evaluation, stage, self/cross; see
+            :class:`~transevolve.modules.cache.StepContext`), as each attention mechanism's registry entry
+            describes.
     """
 
     def __init__(self) -> None:
@@ -110,174 +115,174 @@ class DecodeCache:
         return self.key_pad
 
 
-@dataclass
-class StepMasks:
-    """Masks of ``m`` new query positions against ``k`` keys during incremental decoding.
+class Layer(nn.Module):
+    """One layer's weights (self-attention, optional cross-attention, feed-forward(s)) and its update scheme.
 
-    Attributes:
-        visible: ``(b, 1, m, k)`` bool, not padding and (causal) not in the future.
-        blocked_rows: ``(b, 1, m, 1)`` bool, rows the official mask blocks entirely (evolved: uniform).
+    With weight sharing (``share_layers = k``) one Layer is evaluated at ``k`` consecutive times; ``times`` lists
+    every time its sub-layers are evaluated at (stages included).
     """
 
-    visible: torch.Tensor
-    blocked_rows: torch.Tensor
+    def __init__(self, config: ModelConfig, cross: bool, generator: torch.Generator,
+                 times: tuple[float, ...]) -> None:
+        super().__init__()
+        attention = get_attention(config.attention)
+        scheme = get_scheme(config.scheme)
+        self.times = times
+        self.self_attention = attention.layer(config, False, times)
+        self.cross_attention = attention.layer(config, True, times) if cross else None
+        self.feed_forward = build_feed_forward(config, generator, times, config.scheme_ff_width)
+        self.second_feed_forward = (build_feed_forward(config, generator, times, config.scheme_ff_width)
+                                    if scheme.feed_forwards == 2 else None)
+        self.scheme: Scheme = scheme(config.width)
 
-    @classmethod
-    def build(cls, query_pad: torch.Tensor, key_pad: torch.Tensor, causal: bool) -> StepMasks:
-        visible = visible_keys(key_pad, query_pad.shape[1], causal)
-        visible = visible.expand(-1, -1, query_pad.shape[1], -1)
-        return cls(visible, fully_blocked_rows(query_pad, key_pad, causal)[:, None, :, None])
+    def feed(self, x: torch.Tensor, t: float, index: int = 0) -> torch.Tensor:
+        module = self.feed_forward if index == 0 else self.second_feed_forward
+        assert module is not None, f"this layer has no feed-forward {index}"
+        return module(x, t)
 
-    @property
-    def allowed(self) -> torch.Tensor:
-        """Softmax attention's rule: visible keys, or every key for a row that sees none."""
-        return self.visible | ~self.visible.any(-1, keepdim=True)
+
+class _PassFields:
+    """A layer's vector fields during a full forward pass (see :class:`transevolve.schemes.LayerFields`)."""
+
+    def __init__(self, layer: Layer, context: _PassContext, key: LayerKey) -> None:
+        self.layer, self.context, self.key = layer, context, key
+        self.has_cross = layer.cross_attention is not None
+
+    def attend(self, x: torch.Tensor, t: float, stage: int) -> torch.Tensor:
+        c = self.context
+        update, weights = self.layer.self_attention(x, x, c.self_masks, c.self_state, t,
+                                                    return_weights=c.trace is not None)
+        if c.trace is not None:
+            c.trace.self_attention[(*self.key, stage)] = weights
+        return update
+
+    def cross(self, x: torch.Tensor, t: float, stage: int) -> torch.Tensor:
+        c = self.context
+        assert self.layer.cross_attention is not None and c.memory is not None and c.cross_masks is not None
+        update, weights = self.layer.cross_attention(x, c.memory, c.cross_masks, c.cross_state, t,
+                                                     return_weights=c.trace is not None)
+        if c.trace is not None:
+            c.trace.cross_attention[(*self.key, stage)] = weights
+        return update
+
+    def feed(self, x: torch.Tensor, t: float, stage: int, index: int = 0) -> torch.Tensor:
+        return self.layer.feed(x, t, index)
 
 
 @dataclass
-class StepScores:
-    """Block-level evolved scores of ``m`` new queries: ``initial`` ``A0 (b, h, m, k)`` against every key so far,
-    ``new_keys`` ``K (b, j, D)`` added by this call (None when nothing was added) and the interaction's
-    ``time_weight`` ``P_Q (D, h, t)`` (the key bias at depth l is ``K (P_Q . tau_l)``)."""
-
-    initial: torch.Tensor
-    new_keys: torch.Tensor | None
-    time_weight: torch.Tensor
-
-
-def _attention(config: ModelConfig, depth: int, cross: bool) -> nn.Module:
-    if config.attention == "evolved":
-        return EvolvedAttention(config, depth)
-    return SoftmaxAttention(config, cross=cross)
+class _PassContext:
+    memory: torch.Tensor | None
+    self_masks: AttentionMasks
+    cross_masks: AttentionMasks | None
+    self_state: Any
+    cross_state: Any
+    trace: StackTrace | None
 
 
-class Layer(nn.Module):
-    """One layer at depth ``l`` of its block: self-attention, optional cross-attention, feed-forward."""
+class _StepFields:
+    """A layer's vector fields during incremental decoding: each evaluation caches under its own name."""
 
-    def __init__(self, config: ModelConfig, depth: int, cross: bool, generator: torch.Generator) -> None:
-        super().__init__()
-        self.self_attention = _attention(config, depth, cross=False)
-        self.cross_attention = _attention(config, depth, cross=True) if cross else None
-        self.feed_forward = build_feed_forward(config, depth, generator)
+    def __init__(self, layer: Layer, context: _StepContextOfBlock, prefix: str) -> None:
+        self.layer, self.context, self.prefix = layer, context, prefix
+        self.has_cross = layer.cross_attention is not None
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor | None, self_masks: AttentionMasks,
-                cross_masks: AttentionMasks | None, self_scores: BlockScores | FastScores | None,
-                cross_scores: BlockScores | FastScores | None, trace: StackTrace | None) -> torch.Tensor:
-        """``x (b, n, d)``, ``memory (b, s, d)`` or None -> ``(b, n, d)``."""
-        record = trace is not None
-        update, weights = self.self_attention(x, x, self_masks, self_scores, return_weights=record)
-        x = x + update
-        if trace is not None:
-            trace.self_attention.append(weights)
-        if self.cross_attention is not None:
-            assert memory is not None and cross_masks is not None
-            update, weights = self.cross_attention(x, memory, cross_masks, cross_scores, return_weights=record)
-            x = x + update
-            if trace is not None:
-                trace.cross_attention.append(weights)
-        x = x + self.feed_forward(x)
-        if trace is not None:
-            trace.layer_outputs.append(x)
-        return x
+    def attend(self, x: torch.Tensor, t: float, stage: int) -> torch.Tensor:
+        c = self.context
+        step = StepContext(c.store, f"{self.prefix}{stage}.self.", c.self_masks, None, c.self_state)
+        return self.layer.self_attention.step(x, step, t)
 
-    def step(self, x: torch.Tensor, memory: torch.Tensor | None, store: dict[str, torch.Tensor], prefix: str,
-             self_masks: StepMasks, cross_masks: StepMasks | None, self_scores: StepScores | None,
-             cross_scores: StepScores | None) -> torch.Tensor:
-        """Incremental decoding: ``x (b, m, d)`` new positions -> ``(b, m, d)``, growing the cache."""
-        if isinstance(self.self_attention, EvolvedAttention):
-            assert self_scores is not None
-            x = x + self.self_attention.step(self_scores.initial, self_scores.new_keys, x, store, prefix + "self.",
-                                             self_masks.visible, self_masks.blocked_rows, self_scores.time_weight)
-        else:
-            x = x + self.self_attention.step(x, store, prefix + "self.", self_masks.allowed)
-        if self.cross_attention is not None:
-            assert memory is not None and cross_masks is not None
-            if isinstance(self.cross_attention, EvolvedAttention):
-                assert cross_scores is not None
-                new_values = memory if cross_scores.new_keys is not None else None
-                x = x + self.cross_attention.step(cross_scores.initial, cross_scores.new_keys, new_values, store,
-                                                  prefix + "cross.", cross_masks.visible, cross_masks.blocked_rows,
-                                                  cross_scores.time_weight)
-            else:
-                x = x + self.cross_attention.step(x, store, prefix + "cross.", cross_masks.allowed, memory)
-        return x + self.feed_forward(x)
+    def cross(self, x: torch.Tensor, t: float, stage: int) -> torch.Tensor:
+        c = self.context
+        assert self.layer.cross_attention is not None and c.cross_masks is not None
+        step = StepContext(c.store, f"{self.prefix}{stage}.cross.", c.cross_masks, c.memory, c.cross_state)
+        return self.layer.cross_attention.step(x, step, t)
+
+    def feed(self, x: torch.Tensor, t: float, stage: int, index: int = 0) -> torch.Tensor:
+        return self.layer.feed(x, t, index)
+
+
+@dataclass
+class _StepContextOfBlock:
+    store: dict[str, torch.Tensor]
+    memory: torch.Tensor | None
+    self_masks: StepMasks
+    cross_masks: StepMasks | None
+    self_state: Any
+    cross_state: Any
 
 
 class Block(nn.Module):
-    """``L`` layers sharing one block-level interaction (evolved attention), then a LayerNorm."""
+    """``L`` layer evaluations (at times ``0 .. L-1``) sharing the block-level state of their attention mechanism
+    (evolved attention: the query-key interaction, computed once from the block input), then a LayerNorm.
+
+    With ``share_layers = k`` the block holds ``L / k`` layers and evaluates each at ``k`` consecutive times.
+    """
 
     def __init__(self, config: ModelConfig, cross: bool, generator: torch.Generator) -> None:
         super().__init__()
-        evolved = config.attention == "evolved"
-        self.self_interaction = BlockInteraction(config) if evolved else None
-        self.cross_interaction = BlockInteraction(config) if evolved and cross else None
-        self.layers = nn.ModuleList(Layer(config, depth, cross, generator)
-                                    for depth in range(config.layers_per_block))
+        attention = get_attention(config.attention)
+        scheme = get_scheme(config.scheme)
+        self.self_interaction = attention.block(config) if attention.block is not None else None
+        self.cross_interaction = attention.block(config) if attention.block is not None and cross else None
+        share = config.share_layers
+        stage_offsets = scheme.stage_times
+        self.layers = nn.ModuleList(
+            Layer(config, cross, generator,
+                  tuple(sorted({float(i) + offset for i in range(j * share, (j + 1) * share)
+                                for offset in stage_offsets})))
+            for j in range(config.layers_per_block // share))
         self.final_norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
         self.attention_impl = config.attention_impl
-        self.num_heads = config.num_heads
+        self.share = share
+        self.num_evaluations = config.layers_per_block
 
-    def _scores(self, interaction: BlockInteraction, query_source: torch.Tensor, key_source: torch.Tensor,
-                masks: AttentionMasks, need_weights: bool) -> BlockScores | FastScores:
-        b, n_q, _ = query_source.shape
-        impl = resolve_impl(self.attention_impl, b, self.num_heads, n_q, key_source.shape[1],
-                            query_source.element_size(), need_weights)
-        if impl == "reference":
-            return interaction(query_source, key_source)
-        return interaction(query_source, key_source, masks, impl)
+    def evaluations(self) -> list[tuple[int, Layer, float]]:
+        """``(layer index, layer module, time)`` of every layer evaluation, in order."""
+        return [(i, self.layers[i // self.share], float(i)) for i in range(self.num_evaluations)]
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None, self_masks: AttentionMasks,
-                cross_masks: AttentionMasks | None, trace: StackTrace | None = None) -> torch.Tensor:
+                cross_masks: AttentionMasks | None, trace: StackTrace | None = None, index: int = 0
+                ) -> torch.Tensor:
+        """``x (b, n, d)`` (``memory (b, s, d)``) -> ``(b, n, d)``; ``index`` is the block's place in its stack."""
         record = trace is not None
-        self_scores = cross_scores = None
+        evaluations = self.evaluations()
+        self_state = cross_state = None
         if self.self_interaction is not None:
-            self_scores = self._scores(self.self_interaction, x, x, self_masks, record)
-            if isinstance(self_scores, FastScores):
-                precompute_key_biases(self_scores, [layer.self_attention for layer in self.layers])
+            plan = [(layer.self_attention, t) for _, layer, t in evaluations]
+            self_state = self.self_interaction.block_state(x, x, self_masks, self.attention_impl, record, plan)
+            if trace is not None:
+                trace.block_scores[index] = self_state
         if self.cross_interaction is not None:
             assert memory is not None and cross_masks is not None
-            cross_scores = self._scores(self.cross_interaction, x, memory, cross_masks, record)
-            if isinstance(cross_scores, FastScores):
-                precompute_key_biases(cross_scores, [layer.cross_attention for layer in self.layers])
-        if trace is not None and isinstance(self_scores, BlockScores):
-            trace.block_scores.append(self_scores)
-        for layer in self.layers:
-            x = layer(x, memory, self_masks, cross_masks, self_scores, cross_scores, trace)
+            plan = [(layer.cross_attention, t) for _, layer, t in evaluations]
+            cross_state = self.cross_interaction.block_state(x, memory, cross_masks, self.attention_impl, record,
+                                                             plan)
+        context = _PassContext(memory, self_masks, cross_masks, self_state, cross_state, trace)
+        for i, layer, t in evaluations:
+            x = layer.scheme.step(_PassFields(layer, context, (index, i)), x, t)
+            if trace is not None:
+                trace.layer_outputs[(index, i)] = x
         x = self.final_norm(x)
         if trace is not None:
-            trace.block_outputs.append(x)
+            trace.block_outputs[index] = x
         return x
-
-    def _key_heads(self, keys: torch.Tensor) -> torch.Tensor:
-        b, n, big = keys.shape
-        return keys.view(b, n, self.num_heads, big // self.num_heads).transpose(1, 2)
 
     def step(self, x: torch.Tensor, memory: torch.Tensor | None, store: dict[str, torch.Tensor], prefix: str,
              self_masks: StepMasks, cross_masks: StepMasks | None) -> torch.Tensor:
         """Incremental decoding of ``x (b, m, d)`` (the block input at the new positions) -> ``(b, m, d)``.
 
-        Evolved attention: the new positions' queries meet the cached keys of every earlier block input; the
-        cross-attention keys and ``kappa`` are projected from the memory on the first call only.
+        The block-level state comes from the new positions against the cached keys of every earlier block input
+        (evolved: ``A0`` rows); each layer evaluation and stage caches under its own name.
         """
-        self_scores = cross_scores = None
+        self_state = cross_state = None
         if self.self_interaction is not None:
-            interaction = self.self_interaction
-            new_keys = interaction.project_flat_keys(x)                                       # (b, m, D)
-            keys = append_cache(store, prefix + "self.keys", self._key_heads(new_keys), dim=2)
-            self_scores = StepScores(interaction.project_queries(x) @ keys.transpose(-1, -2), new_keys,
-                                     interaction.query_time)
+            self_state = self.self_interaction.step_state(x, store, prefix + "self.", None)
         if self.cross_interaction is not None:
             assert memory is not None
-            interaction = self.cross_interaction
-            new_keys = None
-            if prefix + "cross.keys" not in store:
-                new_keys = interaction.project_flat_keys(memory)                              # once per source
-                store[prefix + "cross.keys"] = self._key_heads(new_keys)
-            initial = interaction.project_queries(x) @ store[prefix + "cross.keys"].transpose(-1, -2)
-            cross_scores = StepScores(initial, new_keys, interaction.query_time)
-        for index, layer in enumerate(self.layers):
-            x = layer.step(x, memory, store, f"{prefix}layers.{index}.", self_masks, cross_masks, self_scores,
-                           cross_scores)
+            cross_state = self.cross_interaction.step_state(x, store, prefix + "cross.", memory)
+        context = _StepContextOfBlock(store, memory, self_masks, cross_masks, self_state, cross_state)
+        for i, layer, t in self.evaluations():
+            x = layer.scheme.step(_StepFields(layer, context, f"{prefix}layers.{i}."), x, t)
         return self.final_norm(x)
 
 
@@ -291,8 +296,8 @@ class Stack(nn.Module):
     def forward(self, x: torch.Tensor, self_masks: AttentionMasks, memory: torch.Tensor | None = None,
                 cross_masks: AttentionMasks | None = None, trace: StackTrace | None = None) -> torch.Tensor:
         """``x (b, n, d)`` -> ``(b, n, d)``."""
-        for block in self.blocks:
-            x = block(x, memory, self_masks, cross_masks, trace)
+        for index, block in enumerate(self.blocks):
+            x = block(x, memory, self_masks, cross_masks, trace, index)
         return x
 
     def step(self, x: torch.Tensor, store: dict[str, torch.Tensor], prefix: str, self_masks: StepMasks,

@@ -10,7 +10,8 @@ the official code's inert terms:
 
 - ``*_interaction.key_time`` (the time columns of ``W_K``, official fidelity): they only feed terms that are
   constant along the softmax axis;
-- ``time_amplitudes[0]`` everywhere (``sin(0) = 0``) and ``time_amplitudes[:d/2]`` at depth 0 (the sin half);
+- ``time_amplitudes[0]`` everywhere (``sin(0) = 0``) and ``time_amplitudes[:d/2]`` of a module evaluated only at
+  time 0 (the sin half);
 - random feed-forward: ``singular_values[0]`` (column 0 of ``U`` is ``sin(0) = 0``) and the entries beyond
   ``min(in, out)`` (never read); at depth 0 the ``m*d -> d`` weight is exactly zero, so that projection's singular
   values and everything before it in the sub-layer (its LayerNorm, the ``d -> m*d`` projection) are dead, and the
@@ -29,7 +30,9 @@ from torch import nn
 from transevolve.config import ModelConfig
 from transevolve.modules.evolved_attention import BlockInteraction, EvolvedAttention
 from transevolve.modules.feedforward import RandomFeedForward, TemporalProjection
+from transevolve.modules.registry import get_attention
 from transevolve.modules.softmax_attention import SoftmaxAttention
+from transevolve.schemes import get_scheme
 
 
 @dataclass(frozen=True)
@@ -57,22 +60,8 @@ def _norm(c: ModelConfig) -> int:
     return 2 * c.width
 
 
-def _interaction(c: ModelConfig) -> int:
-    big = c.score_width
-    query = big * big                                          # token part (D, d) + time part (D, h t)
-    key = big * big if c.fidelity == "official" else big * c.width
-    return query + key
-
-
-def _attention(c: ModelConfig) -> int:
-    d = c.width
-    if c.attention == "evolved":
-        return d * d + d + _norm(c)                            # W_O, theta, value LayerNorm
-    return 4 * (d * d + d) + _norm(c)                          # Q, K, V, O with biases, pre-LayerNorm
-
-
 def _feed_forward(c: ModelConfig) -> int:
-    d, m = c.width, c.ff_width
+    d, m = c.width, c.scheme_ff_width
     if c.ff_type == "full":
         return d * m + m + m * d + d + _norm(c)
 
@@ -83,10 +72,20 @@ def _feed_forward(c: ModelConfig) -> int:
     return projection(d, m) + projection(m, d) + _norm(c)
 
 
+def layer_parameters(c: ModelConfig, cross: bool) -> int:
+    """Trainable parameters of one layer (its attention sub-layers, feed-forward(s) and scheme parameters)."""
+    attention = get_attention(c.attention)
+    scheme = get_scheme(c.scheme)
+    attention_parameters = attention.layer_parameters(c, False) + (attention.layer_parameters(c, True) if cross
+                                                                   else 0)
+    return attention_parameters + scheme.feed_forwards * _feed_forward(c) + scheme.extra_parameters(c.width)
+
+
 def _stack(c: ModelConfig, cross: bool) -> int:
-    layer = _attention(c) * (2 if cross else 1) + _feed_forward(c)
-    interactions = (2 if cross else 1) * _interaction(c) if c.attention == "evolved" else 0
-    block = interactions + c.layers_per_block * layer + _norm(c)
+    attention = get_attention(c.attention)
+    interactions = attention.block_parameters(c, False) + (attention.block_parameters(c, True) if cross else 0)
+    distinct_layers = c.layers_per_block // c.share_layers
+    block = interactions + distinct_layers * layer_parameters(c, cross) + _norm(c)
     return c.num_blocks * block
 
 
@@ -127,16 +126,16 @@ def dead_parameter_masks(model: nn.Module) -> dict[str, torch.Tensor]:
             mark(dot + "key_proj.bias", module.key_proj.bias)
         elif isinstance(module, EvolvedAttention):
             mark(dot + "time_amplitudes", module.time_amplitudes, slice(0, 1))
-            if module.depth == 0:
+            if all(t == 0 for t in module.times):
                 mark(dot + "time_amplitudes", module.time_amplitudes, slice(0, module.time_amplitudes.numel() // 2))
         elif isinstance(module, TemporalProjection):
             rank = min(module.in_features, module.out_features)
             values = module.singular_values
             mark(dot + "singular_values", values, slice(0, 1))
             mark(dot + "singular_values", values, slice(rank, None))
-            if module.depth == 0:
+            if all(t == 0 for t in module.times):
                 mark(dot + "singular_values", values, slice(0, min(module.in_features // 2, rank)))
-        if isinstance(module, RandomFeedForward) and module.contract.depth == 0 and \
+        if isinstance(module, RandomFeedForward) and all(t == 0 for t in module.contract.times) and \
                 module.contract.in_features // 2 >= min(module.contract.in_features, module.contract.out_features):
             # W of the second projection is exactly 0 at depth 0: nothing before it reaches the output.
             for name, parameter in [("norm.weight", module.norm.weight), ("norm.bias", module.norm.bias),

@@ -3,7 +3,10 @@
 Counting convention: 2 FLOPs per multiply-accumulate of every matrix product of one forward pass, the n x n
 attention products included (full n x n also for causal attention, as the implementations compute it);
 elementwise work (softmax, exponentials, norms, activations) is not counted. A training step is counted as
-3x the forward (backward = 2x forward), as in nanoGPT / PaLM MFU accounting.
+3x the forward (backward = 2x forward), as in nanoGPT / PaLM MFU accounting. Attention costs come from each
+mechanism's registry entry (:mod:`transevolve.modules.registry`); a layer-update scheme multiplies a layer's
+attention and feed-forward costs by its field evaluations (``rk4``: 4) and Macaron's feed-forwards count twice at
+their inner width.
 
 Per token of a sequence of length n (``d`` width, ``f`` FF width, ``h`` heads, ``D = d + h t``, ``L`` layers per
 block, ``N`` blocks), forward multiply-accumulates:
@@ -32,7 +35,9 @@ from __future__ import annotations
 from typing import Literal
 
 from transevolve.config import ModelConfig
+from transevolve.modules.registry import get_attention
 from transevolve.params import ParameterCount, count_parameters
+from transevolve.schemes import get_scheme
 
 __all__ = ["ParameterCount", "count_parameters", "flop_breakdown", "flops_per_token"]
 
@@ -40,22 +45,24 @@ __all__ = ["ParameterCount", "count_parameters", "flop_breakdown", "flops_per_to
 Path = Literal["fast", "reference"]
 
 
-def _evolved(c: ModelConfig, n: int, path: Path) -> dict[str, float]:
-    """Forward MACs per query token of one evolved attention type over a stack (keys: ``n`` tokens)."""
-    d, h, big, ht = c.width, c.num_heads, c.score_width, c.num_heads * c.time_dim
-    depth, blocks = c.depth, c.num_blocks
-    if path == "fast":
-        return {"projections": blocks * 2 * d * big + depth * (d * d + big * h),
-                "attention_n2": blocks * n * big + depth * n * (d + h)}
-    inert = big * ht if c.fidelity == "official" else 0
-    return {"projections": blocks * (2 * d * big + big * ht + inert) + depth * (d * d + ht),
-            "attention_n2": blocks * n * big + depth * n * d}
-
-
 def _attention(c: ModelConfig, n: int, path: Path) -> dict[str, float]:
-    if c.attention == "softmax":
-        return {"projections": c.depth * 4 * c.width * c.width, "attention_n2": c.depth * 2 * n * c.width}
-    return _evolved(c, n, path)
+    """Forward MACs per query token of one attention type (self or cross) over a stack, from the registry: the
+    per-block module once per block, the per-layer module once per layer evaluation and scheme stage."""
+    spec = get_attention(c.attention)
+    evaluations = c.depth * get_scheme(c.scheme).evaluations
+    total = {"projections": 0.0, "attention_n2": 0.0}
+    for key, value in spec.layer_macs(c, n, path).items():
+        total[key] += evaluations * value
+    for key, value in spec.block_macs(c, n, path).items():
+        total[key] += c.num_blocks * value
+    return total
+
+
+def _feed_forward(c: ModelConfig) -> dict[str, float]:
+    scheme = get_scheme(c.scheme)
+    per_module = 2 * c.width * c.scheme_ff_width
+    gate = 2 * c.width if scheme.extra_parameters(c.width) else 0           # rk2_gated: w . [G1; G2]
+    return {"feed_forward": c.depth * (scheme.evaluations * scheme.feed_forwards * per_module + gate)}
 
 
 def flop_breakdown(config: ModelConfig, seq_len: int, path: Path = "fast") -> dict[str, float]:
@@ -74,7 +81,7 @@ def flop_breakdown(config: ModelConfig, seq_len: int, path: Path = "fast") -> di
         for key, value in parts.items():
             total[key] += value
 
-    feed_forward = {"feed_forward": config.depth * 2 * config.width * config.ff_width}
+    feed_forward = _feed_forward(config)
     stacks = int(config.has_encoder) + int(config.has_decoder)
     for _ in range(stacks):
         add(_attention(config, seq_len, path))

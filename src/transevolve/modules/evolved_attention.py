@@ -49,8 +49,7 @@ uniform weights, :func:`blocked_row_surrogate`), so training matches too.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -59,8 +58,10 @@ from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from transevolve.config import ModelConfig
-from transevolve.modules.feedforward import glorot_uniform_
-from transevolve.modules.masks import BLOCKED_SCORE, AttentionMasks
+from transevolve.modules.cache import CacheStore, StepContext, append_cache
+from transevolve.modules.heads import merge_heads, split_heads
+from transevolve.modules.init import glorot_uniform_
+from transevolve.modules.masks import BLOCKED_SCORE, AttentionMasks, fully_blocked_rows, visible_keys
 
 
 @dataclass
@@ -105,30 +106,6 @@ def _autocast_enabled() -> bool:
     return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
 
 
-def visible_keys(key_pad: torch.Tensor, n_q: int, causal: bool) -> torch.Tensor:
-    """``(b, 1, q or 1, k)`` bool: key j is visible to query i (not padding, and ``j <= i + k - q`` if causal).
-
-    Queries are the last ``q`` of the ``k`` positions (``q == k`` in a full pass, fewer while decoding).
-    """
-    visible = ~key_pad[:, None, None, :]
-    if causal:
-        n_k = key_pad.shape[1]
-        rows = torch.arange(n_k - n_q, n_k, device=key_pad.device)
-        visible = visible & (torch.arange(n_k, device=key_pad.device)[None, :] <= rows[:, None])
-    return visible
-
-
-def fully_blocked_rows(query_pad: torch.Tensor, key_pad: torch.Tensor, causal: bool) -> torch.Tensor:
-    """``(b, q)`` bool: rows the official mask blocks entirely (padded query, or no visible key).
-
-    The official ``-1e9`` mask makes such a row attend uniformly to every key (pads and future keys included).
-    """
-    real = ~key_pad
-    offset = key_pad.shape[1] - query_pad.shape[1]
-    seen = real.cumsum(-1)[:, offset:] > 0 if causal else real.any(-1, keepdim=True)
-    return query_pad | ~seen
-
-
 def _finite_or_zero(peak: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
 
@@ -156,8 +133,8 @@ class FastScores:
         causal: causal self-attention.
         kernel: factorised only: ``E = exp(A0 - max)`` with invisible entries 0, ``(b, h, q, k)``.
         augmented_queries: low_memory only: ``[queries, 1]``, ``(b, h, q, D/h + 1)``.
-        layer_biases: the key bias ``(b, h, k)`` of every layer of the block by depth, from one matmul
-            (:func:`precompute_key_biases`); None: each layer computes its own.
+        key_biases: key biases ``(b, h, k)`` already computed, by (attention module id, time): the integer-time
+            evaluations of a block come from one matmul (:func:`precompute_key_biases`); others are added lazily.
     """
 
     impl: Impl
@@ -172,7 +149,18 @@ class FastScores:
     causal: bool
     kernel: torch.Tensor | None = None
     augmented_queries: torch.Tensor | None = None
-    layer_biases: list[torch.Tensor] | None = None
+    key_biases: dict[tuple[int, float], torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class StepScores:
+    """Block-level evolved scores of ``m`` new queries while decoding: ``initial`` ``A0 (b, h, m, k)`` against
+    every key so far, ``new_keys`` ``K (b, j, D)`` added by this call (None when nothing was added) and the
+    interaction's ``time_weight`` ``P_Q (D, h, t)`` (the key bias at time t is ``K (P_Q . tau(t))``)."""
+
+    initial: torch.Tensor
+    new_keys: torch.Tensor | None
+    time_weight: torch.Tensor
 
 
 class Workspace:
@@ -565,6 +553,42 @@ class BlockInteraction(nn.Module):
         key_time = torch.einsum("bkc,cht->bhkt", keys, self.query_time)
         return keys.view(b, n, self.num_heads, big // self.num_heads).transpose(1, 2), key_time
 
+    def block_state(self, query_source: torch.Tensor, key_source: torch.Tensor, masks: AttentionMasks,
+                    impl_request: str, need_weights: bool,
+                    plan: list[tuple[EvolvedAttention, float]] | None = None) -> BlockScores | FastScores:
+        """The block's scores on the path ``impl_request`` resolves to (``reference`` when weights are needed).
+
+        ``plan``: the (layer, time) evaluations the block will run; on the fast paths their key biases come from
+        one matmul (:func:`precompute_key_biases`).
+        """
+        b, n_q, _ = query_source.shape
+        impl = resolve_impl(impl_request, b, self.num_heads, n_q, key_source.shape[1], query_source.element_size(),
+                            need_weights)
+        if impl == "reference":
+            return self(query_source, key_source)
+        state = self(query_source, key_source, masks, impl)
+        if plan:
+            precompute_key_biases(state, plan)
+        return state
+
+    def step_state(self, x: torch.Tensor, store: dict[str, torch.Tensor], prefix: str,
+                   memory: torch.Tensor | None) -> StepScores:
+        """Incremental decoding of the block input ``x (b, m, d)``: the new queries against every cached key.
+
+        Self-attention appends the new positions' keys to ``store[prefix + "keys"]``; cross-attention projects the
+        memory's keys on the first call only.
+        """
+        if memory is None:
+            new_keys = self.project_flat_keys(x)                                              # (b, m, D)
+            keys = append_cache(store, prefix + "keys", split_heads(new_keys, self.num_heads), dim=2)
+        else:
+            new_keys = None
+            if prefix + "keys" not in store:
+                new_keys = self.project_flat_keys(memory)                                     # once per source
+                store[prefix + "keys"] = split_heads(new_keys, self.num_heads)
+            keys = store[prefix + "keys"]
+        return StepScores(self.project_queries(x) @ keys.transpose(-1, -2), new_keys, self.query_time)
+
     def fast(self, query_source: torch.Tensor, key_source: torch.Tensor, masks: AttentionMasks,
              impl: Impl) -> FastScores:
         """The fast paths' block state (inert query-side and time-time terms skipped, ``kappa`` not formed)."""
@@ -619,25 +643,31 @@ def official_masked_logits(logits: torch.Tensor, masks: AttentionMasks) -> torch
     return _OfficialMask.apply(logits, masks.blocked, fill)
 
 
-def time_signal(amplitudes: torch.Tensor, depth: int, period: float) -> torch.Tensor:
-    """``T_l = [sin(x p), cos(x p)] * theta`` with ``x = l pi / period`` in float32; ``(d,)``."""
+def time_signal(amplitudes: torch.Tensor, t: float, period: float) -> torch.Tensor:
+    """``T(t) = [sin(x p), cos(x p)] * theta`` with ``x = t pi / period`` in float32; ``(d,)``.
+
+    ``t`` is a time value (any float); at the integer depths ``l`` of the official layers it is the official
+    ``T_l`` bit for bit.
+    """
     half = amplitudes.shape[0] // 2
-    step = torch.tensor(float(depth), dtype=torch.float32) * torch.tensor(math.pi / period, dtype=torch.float32)
+    step = torch.tensor(float(t), dtype=torch.float32) * torch.tensor(math.pi / period, dtype=torch.float32)
     angles = step * torch.arange(half, dtype=torch.float32, device=amplitudes.device)
     return torch.cat([torch.sin(angles), torch.cos(angles)]).to(amplitudes.dtype) * amplitudes
 
 
 class EvolvedAttention(nn.Module):
-    """Attention at depth ``l`` of a block from the shared :class:`BlockScores` (the official ``Layer2``).
+    """Attention at time ``t`` of a block from the shared :class:`BlockScores` (the official ``Layer2``, where
+    ``t`` is the layer's depth ``l``).
 
     Parameters: ``time_amplitudes`` theta ``(d,)``, ``value_norm`` (LayerNorm of the values source) and
-    ``output_proj`` W_O ``(d, d)`` without bias.
+    ``output_proj`` W_O ``(d, d)`` without bias. ``times`` records the times the trunk evaluates this module at
+    (for :func:`transevolve.params.dead_parameter_masks`); the module itself accepts any ``t``.
     """
 
-    def __init__(self, config: ModelConfig, depth: int) -> None:
+    def __init__(self, config: ModelConfig, times: tuple[float, ...] = (0.0,)) -> None:
         super().__init__()
         d = config.width
-        self.depth = depth
+        self.times = times
         self.num_heads = config.num_heads
         self.time_period = config.time_period
         limit = math.sqrt(6.0 / d)
@@ -647,23 +677,28 @@ class EvolvedAttention(nn.Module):
         glorot_uniform_(self.output_proj.weight, d, d)
         self.dropout = nn.Dropout(config.dropout)
 
-    def key_bias(self, key_time: torch.Tensor) -> torch.Tensor:
-        """``beta_l = kappa . tau_l``: ``key_time (b, h, k, t)`` -> ``(b, h, k)``."""
-        tau = time_signal(self.time_amplitudes, self.depth, self.time_period).view(self.num_heads, -1)
-        return torch.einsum("bhkt,ht->bhk", key_time, tau)
+    def tau(self, t: float) -> torch.Tensor:
+        """The time signal at ``t`` by head, ``tau(t)`` ``(h, t_dim)``."""
+        return time_signal(self.time_amplitudes, t, self.time_period).view(self.num_heads, -1)
 
-    def bias_mixing(self, time_weight: torch.Tensor) -> torch.Tensor:
-        """``P_Q . tau_l``: ``time_weight (D, h, t)`` -> ``(D, h)``, so that ``beta_l = K (P_Q . tau_l)``."""
-        tau = time_signal(self.time_amplitudes, self.depth, self.time_period).view(self.num_heads, -1)
-        return torch.einsum("cht,ht->ch", time_weight, tau)
+    def key_bias(self, key_time: torch.Tensor, t: float) -> torch.Tensor:
+        """``beta(t) = kappa . tau(t)``: ``key_time (b, h, k, t_dim)`` -> ``(b, h, k)``."""
+        return torch.einsum("bhkt,ht->bhk", key_time, self.tau(t))
 
-    def fast_key_bias(self, block: FastScores) -> torch.Tensor:
-        """``beta_l = K (P_Q . tau_l)`` without forming ``kappa``: ``(b, h, k)``."""
-        return (block.flat_keys @ self.bias_mixing(block.time_weight)).transpose(1, 2)
+    def bias_mixing(self, time_weight: torch.Tensor, t: float) -> torch.Tensor:
+        """``P_Q . tau(t)``: ``time_weight (D, h, t_dim)`` -> ``(D, h)``, so that ``beta(t) = K (P_Q . tau(t))``."""
+        return torch.einsum("cht,ht->ch", time_weight, self.tau(t))
 
-    def scores(self, block: BlockScores, masks: AttentionMasks) -> torch.Tensor:
-        """Masked logits ``S_l`` of shape ``(b, h, q, k)`` (see :func:`official_masked_logits`)."""
-        tau = time_signal(self.time_amplitudes, self.depth, self.time_period).view(self.num_heads, -1)
+    def fast_key_bias(self, block: FastScores, t: float) -> torch.Tensor:
+        """``beta(t) = K (P_Q . tau(t))`` without forming ``kappa``: ``(b, h, k)`` (cached in ``block``)."""
+        key = (id(self), float(t))
+        if key not in block.key_biases:
+            block.key_biases[key] = (block.flat_keys @ self.bias_mixing(block.time_weight, t)).transpose(1, 2)
+        return block.key_biases[key]
+
+    def scores(self, block: BlockScores, masks: AttentionMasks, t: float) -> torch.Tensor:
+        """Masked logits ``S(t)`` of shape ``(b, h, q, k)`` (see :func:`official_masked_logits`)."""
+        tau = self.tau(t)
         key_bias = torch.einsum("bhkt,ht->bhk", block.key_time, tau).unsqueeze(2)        # (b, h, 1, k)
         if block.query_time is not None and block.time_time is not None:
             query_bias = torch.einsum("bhqt,ht->bhq", block.query_time, tau).unsqueeze(3)  # (b, h, q, 1)
@@ -673,38 +708,33 @@ class EvolvedAttention(nn.Module):
             logits = block.initial + key_bias
         return official_masked_logits(logits, masks)
 
-    def forward(self, state: torch.Tensor, values_source: torch.Tensor, masks: AttentionMasks,
-                block: BlockScores | FastScores | None = None, return_weights: bool = False
+    def forward(self, state: torch.Tensor, source: torch.Tensor, masks: AttentionMasks,
+                block: BlockScores | FastScores | None, t: float, return_weights: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``values_source (b, k, d)`` and the block's scores -> update ``(b, q, d)`` (and weights ``(b, h, q, k)``).
+        """``source (b, k, d)`` (the values source) and the block's scores at time ``t`` -> update ``(b, q, d)``
+        (and weights ``(b, h, q, k)``).
 
         ``state`` (the current query-side state) is not used: TransEvolve's queries enter only through the
-        block-level scores; the argument keeps one interface with :class:`SoftmaxAttention`. ``block`` is a
+        block-level scores; the argument keeps one interface with every attention mechanism. ``block`` is a
         :class:`BlockScores` (reference path) or a :class:`FastScores` (fast paths).
         """
         if block is None:
             raise ValueError("EvolvedAttention needs the block-level BlockScores of its block")
         if isinstance(block, FastScores):
-            return self._fast(block, values_source, return_weights)
-        weights = torch.softmax(self.scores(block, masks), dim=-1)
-        b, n_k, d = values_source.shape
-        values = self.value_norm(values_source).view(b, n_k, self.num_heads, -1).transpose(1, 2)
+            return self._fast(block, source, t, return_weights)
+        weights = torch.softmax(self.scores(block, masks, t), dim=-1)
+        b, n_k, d = source.shape
+        values = self.value_norm(source).view(b, n_k, self.num_heads, -1).transpose(1, 2)
         mixed = (weights @ values).transpose(1, 2).reshape(b, -1, d)                    # (b, q, d)
         return self.dropout(self.output_proj(mixed)), (weights if return_weights else None)
 
-    def _heads(self, values: torch.Tensor) -> torch.Tensor:
-        b, n, d = values.shape
-        return values.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)   # (b, h, n, d/h)
-
     def _merge(self, mixed: torch.Tensor) -> torch.Tensor:
-        b, h, n, width = mixed.shape
-        return self.dropout(self.output_proj(mixed.transpose(1, 2).reshape(b, n, h * width)))
+        return self.dropout(self.output_proj(merge_heads(mixed)))
 
-    def _fast(self, block: FastScores, values_source: torch.Tensor, return_weights: bool
+    def _fast(self, block: FastScores, source: torch.Tensor, t: float, return_weights: bool
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        values = self._heads(self.value_norm(values_source))                            # (b, h, k, d/h)
-        biases = block.layer_biases
-        bias = biases[self.depth] if biases is not None else self.fast_key_bias(block)  # (b, h, k)
+        values = split_heads(self.value_norm(source), self.num_heads)                   # (b, h, k, d/h)
+        bias = self.fast_key_bias(block, t)                                             # (b, h, k)
         if block.impl == "factorised":
             mixed = factorised_attention(block, bias, values)
         else:
@@ -720,101 +750,45 @@ class EvolvedAttention(nn.Module):
             weights = weights.masked_fill(block.blocked_rows, 1.0 / values.shape[2])
         return self._merge(mixed), weights
 
-    def step(self, initial: torch.Tensor, new_keys: torch.Tensor | None, new_values: torch.Tensor | None,
-             store: dict[str, torch.Tensor], prefix: str, visible: torch.Tensor, blocked_rows: torch.Tensor,
-             time_weight: torch.Tensor) -> torch.Tensor:
-        """Incremental decoding: the update for ``m`` new query positions, caching key biases and values.
+    def step(self, state: torch.Tensor, context: StepContext, t: float) -> torch.Tensor:
+        """Incremental decoding: the update ``(b, m, d)`` for ``m`` new query positions at time ``t``.
 
-        Args:
-            initial: ``A0`` of the new queries against every key so far, ``(b, h, m, k)``.
-            new_keys: ``K`` of the keys added by this call, ``(b, j, D)`` (None: nothing new).
-            new_values: states added as values by this call, ``(b, j, d)`` (None: nothing new).
-            store: the decoding cache; ``prefix + "bias"`` ``(b, h, k)`` and ``prefix + "values"``
-                ``(b, h, k, d/h)`` grow along the key axis; ``store.constants[prefix + "mixing"]`` holds
-                ``P_Q . tau_l``.
-            visible: ``(b, 1, m, k)`` bool; blocked_rows: ``(b, 1, m, 1)`` bool (uniform over every key).
-            time_weight: the block interaction's ``P_Q`` ``(D, h, t)``.
-
-        Returns:
-            ``(b, m, d)``.
+        ``context.scores`` (:class:`StepScores`) holds ``A0`` of the new queries against every key so far and the
+        keys added by this call; ``context.store[prefix + "bias"]`` ``(b, h, k)`` and ``[prefix + "values"]``
+        ``(b, h, k, d/h)`` grow along the key axis; ``store.constants[prefix + "mixing"]`` holds ``P_Q . tau(t)``.
+        New values are the new states (self-attention) or the memory (cross-attention, on the first call).
         """
-        if new_keys is None:
+        scores, store, prefix = context.scores, context.store, context.prefix
+        assert scores is not None, "evolved attention decodes from its block's StepScores"
+        if scores.new_keys is None:
             bias = store[prefix + "bias"]
         else:
             constants = store.constants if isinstance(store, CacheStore) else {}
             mixing = constants.get(prefix + "mixing")
             if mixing is None:
-                mixing = constants[prefix + "mixing"] = self.bias_mixing(time_weight)
-            bias = append_cache(store, prefix + "bias", (new_keys @ mixing).transpose(1, 2), dim=2)
-        values = store[prefix + "values"] if new_values is None else \
-            append_cache(store, prefix + "values", self._heads(self.value_norm(new_values)), dim=2)
-        logits = (initial + bias.unsqueeze(2)).masked_fill(~visible, float("-inf"))
+                mixing = constants[prefix + "mixing"] = self.bias_mixing(scores.time_weight, t)
+            bias = append_cache(store, prefix + "bias", (scores.new_keys @ mixing).transpose(1, 2), dim=2)
+        new_values = context.memory if context.memory is not None else state
+        if context.memory is not None and scores.new_keys is None:
+            values = store[prefix + "values"]
+        else:
+            values = append_cache(store, prefix + "values", split_heads(self.value_norm(new_values), self.num_heads),
+                                  dim=2)
+        visible, blocked_rows = context.masks.visible, context.masks.blocked_rows
+        logits = (scores.initial + bias.unsqueeze(2)).masked_fill(~visible, float("-inf"))
         weights = torch.softmax(logits.masked_fill(blocked_rows | ~visible.any(-1, keepdim=True), 0.0), dim=-1)
         return self._merge(weights @ values)
 
 
-class CacheStore(dict[str, torch.Tensor]):
-    """The tensors of an incremental-decoding cache by name; growing ones live in over-allocated buffers.
-
-    ``store[name]`` is always the valid part. :func:`append_cache` writes into ``buffers[name] = (buffer, dim)``,
-    doubling its capacity when full, so appending one position costs O(1) amortised instead of a full copy.
-    ``constants`` holds tensors that are not per sequence (left alone by reordering).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.buffers: dict[str, tuple[torch.Tensor, int]] = {}
-        self.constants: dict[str, torch.Tensor] = {}          # not per sequence (e.g. P_Q . tau_l)
-
-    def index_select(self, index: torch.Tensor, keep: Callable[[str], bool] = lambda name: False) -> CacheStore:
-        """A store with batch rows ``index`` of every entry (entries where ``keep(name)`` are shared as is)."""
-        selected = CacheStore()
-        selected.constants = self.constants
-        for name, tensor in self.items():
-            if keep(name):
-                selected[name] = tensor
-                if name in self.buffers:
-                    selected.buffers[name] = self.buffers[name]
-            elif name in self.buffers:
-                buffer, dim = self.buffers[name]
-                buffer = buffer.index_select(0, index)
-                selected.buffers[name] = (buffer, dim)
-                selected[name] = buffer.narrow(dim, 0, tensor.shape[dim])
-            else:
-                selected[name] = tensor.index_select(0, index)
-        return selected
-
-
-def append_cache(store: dict[str, torch.Tensor], name: str, new: torch.Tensor, dim: int) -> torch.Tensor:
-    """Grow ``store[name]`` by ``new`` along ``dim`` (create it when absent); returns the grown tensor.
-
-    With a :class:`CacheStore` the data goes into an over-allocated buffer (amortised O(1) per position);
-    with a plain dict it is concatenated.
-    """
-    old = store.get(name)
-    if not isinstance(store, CacheStore):
-        store[name] = new if old is None else torch.cat([old, new], dim=dim)
-        return store[name]
-    length = 0 if old is None else old.shape[dim]
-    needed = length + new.shape[dim]
-    buffer = store.buffers[name][0] if name in store.buffers else None
-    if buffer is None or buffer.shape[dim] < needed:
-        shape = list(new.shape)
-        shape[dim] = max(16, 2 * needed)
-        grown = new.new_empty(shape)
-        if old is not None:
-            grown.narrow(dim, 0, length).copy_(old)
-        buffer = grown
-        store.buffers[name] = (buffer, dim)
-    buffer.narrow(dim, length, new.shape[dim]).copy_(new)
-    store[name] = buffer.narrow(dim, 0, needed)
-    return store[name]
-
-
-def precompute_key_biases(block: FastScores, layers: list[EvolvedAttention]) -> None:
-    """Every layer's key bias ``K (P_Q . tau_l)`` from one matmul ``K [M_0 .. M_{L-1}]`` (one pass over ``K``
-    instead of L, and one gradient for ``K`` instead of L accumulated ones); stored in ``block.layer_biases``."""
+def precompute_key_biases(block: FastScores, evaluations: list[tuple[EvolvedAttention, float]]) -> None:
+    """The key biases ``K (P_Q . tau(t))`` of several (layer, time) evaluations from one matmul ``K [M_1 .. M_E]``
+    (one pass over ``K`` instead of E, and one gradient for ``K`` instead of E accumulated ones); stored in
+    ``block.key_biases``."""
+    evaluations = [(layer, t) for layer, t in evaluations if (id(layer), float(t)) not in block.key_biases]
+    if not evaluations:
+        return
     heads = block.keys.shape[1]
-    mixing = torch.cat([layer.bias_mixing(block.time_weight) for layer in layers], dim=1)      # (D, L h)
-    biases = (block.flat_keys @ mixing).split(heads, dim=-1)                                  # L x (b, k, h)
-    block.layer_biases = [bias.transpose(1, 2) for bias in biases]
+    mixing = torch.cat([layer.bias_mixing(block.time_weight, t) for layer, t in evaluations], dim=1)  # (D, E h)
+    biases = (block.flat_keys @ mixing).split(heads, dim=-1)                                     # E x (b, k, h)
+    for (layer, t), bias in zip(evaluations, biases, strict=True):
+        block.key_biases[(id(layer), float(t))] = bias.transpose(1, 2)

@@ -18,22 +18,7 @@ import torch
 from torch import nn
 
 from transevolve.config import ModelConfig
-
-
-def glorot_uniform_(weight: torch.Tensor, fan_in: int, fan_out: int) -> torch.Tensor:
-    """Keras' default initializer: U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
-    limit = math.sqrt(6.0 / (fan_in + fan_out))
-    with torch.no_grad():
-        return weight.uniform_(-limit, limit)
-
-
-def dense(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
-    """A Linear layer with Keras initialisation (Glorot-uniform weight, zero bias)."""
-    layer = nn.Linear(in_features, out_features, bias=bias)
-    glorot_uniform_(layer.weight, in_features, out_features)
-    if bias:
-        nn.init.zeros_(layer.bias)
-    return layer
+from transevolve.modules.init import dense
 
 
 class TemporalProjection(nn.Module):
@@ -50,17 +35,19 @@ class TemporalProjection(nn.Module):
     forward pass (shared by the batch); in eval mode without autograd it is also cached across passes and rebuilt
     when ``s``, a buffer, the dtype or the device changes (tensor version counters) or on ``train(True)``.
 
+    ``l`` is a time value ``t`` passed to :meth:`forward` (any float; the official layers use their integer depth).
+
     Args:
         in_features, out_features: widths.
-        depth: layer position l inside its block (0-based).
         generator: source of the fixed random tensors.
         lean: keep only the read entries of ``s`` (``min(in, out)``) instead of the official ``in``.
+        times: the times the trunk evaluates this projection at (metadata for dead-parameter analysis).
     """
 
-    def __init__(self, in_features: int, out_features: int, depth: int, generator: torch.Generator,
-                 lean: bool = False) -> None:
+    def __init__(self, in_features: int, out_features: int, generator: torch.Generator, lean: bool = False,
+                 times: tuple[float, ...] = (0.0,)) -> None:
         super().__init__()
-        self.in_features, self.out_features, self.depth = in_features, out_features, depth
+        self.in_features, self.out_features, self.times = in_features, out_features, times
         rank = min(in_features, out_features)
         self.register_buffer("coeffs", torch.randn(in_features, in_features // 2, generator=generator)
                              * in_features)
@@ -72,24 +59,23 @@ class TemporalProjection(nn.Module):
         self._cached_weight: torch.Tensor | None = None
         self._cache_key: tuple | None = None
 
-    def _sinusoid_matrix(self, table: torch.Tensor, size: int) -> torch.Tensor:
-        step = torch.tensor(float(self.depth), dtype=torch.float32) * torch.tensor(math.pi / size,
-                                                                                 dtype=torch.float32)
+    def _sinusoid_matrix(self, table: torch.Tensor, size: int, t: float) -> torch.Tensor:
+        step = torch.tensor(float(t), dtype=torch.float32) * torch.tensor(math.pi / size, dtype=torch.float32)
         frequencies = step * torch.arange(table.shape[1], dtype=torch.float32, device=table.device)
         angles = frequencies * table
         return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1) / math.sqrt(self.out_features)
 
-    def _weight_key(self) -> tuple:
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in (self.singular_values, self.coeffs,
-                                                                            self.phases))
+    def _weight_key(self, t: float) -> tuple:
+        return (float(t), *((x.data_ptr(), x._version, x.dtype, x.device)
+                            for x in (self.singular_values, self.coeffs, self.phases)))
 
-    def weight(self) -> torch.Tensor:
-        """The depth-dependent weight ``W_l`` of shape (in, out) (cached in eval mode without autograd)."""
+    def weight(self, t: float) -> torch.Tensor:
+        """The time-dependent weight ``W(t)`` of shape (in, out) (cached in eval mode without autograd)."""
         if self.training or torch.is_grad_enabled():
-            return self._build_weight()
-        key = self._weight_key()
+            return self._build_weight(t)
+        key = self._weight_key(t)
         if self._cached_weight is None or self._cache_key != key:
-            self._cached_weight, self._cache_key = self._build_weight(), key
+            self._cached_weight, self._cache_key = self._build_weight(t), key
         return self._cached_weight
 
     def train(self, mode: bool = True) -> TemporalProjection:
@@ -101,16 +87,16 @@ class TemporalProjection(nn.Module):
         self._cached_weight = self._cache_key = None
         return super()._apply(fn, recurse)
 
-    def _build_weight(self) -> torch.Tensor:
+    def _build_weight(self, t: float) -> torch.Tensor:
         rank = min(self.in_features, self.out_features)
-        left = self._sinusoid_matrix(self.coeffs, self.in_features)[:, :rank]      # (in, rank)
-        right = self._sinusoid_matrix(self.phases, self.out_features)[:rank]       # (rank, out)
+        left = self._sinusoid_matrix(self.coeffs, self.in_features, t)[:, :rank]      # (in, rank)
+        right = self._sinusoid_matrix(self.phases, self.out_features, t)[:rank]       # (rank, out)
         scaled = left * self.singular_values[:rank].to(left.dtype)
         return scaled @ right
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(..., in)`` -> ``(..., out)``."""
-        return x @ self.weight().to(x.dtype) + self.bias
+    def forward(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """``(..., in)`` at time ``t`` -> ``(..., out)``."""
+        return x @ self.weight(t).to(x.dtype) + self.bias
 
 
 def _relu(hidden: torch.Tensor) -> torch.Tensor:
@@ -124,34 +110,42 @@ def _relu(hidden: torch.Tensor) -> torch.Tensor:
 class FullFeedForward(nn.Module):
     """Learned pre-LN feed-forward: ``Dropout(W2 relu(W1 LN(x) + b1) + b2)``; ``(b, n, d) -> (b, n, d)``."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, ff_width: int | None = None) -> None:
         super().__init__()
+        inner = ff_width or config.ff_width
         self.norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
-        self.expand = dense(config.width, config.ff_width)
-        self.contract = dense(config.ff_width, config.width)
+        self.expand = dense(config.width, inner)
+        self.contract = dense(inner, config.width)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: float = 0.0) -> torch.Tensor:
+        """``(b, n, d)`` -> ``(b, n, d)``; a learned feed-forward does not depend on ``t``."""
         return self.dropout(self.contract(_relu(self.expand(self.norm(x)))))
 
 
 class RandomFeedForward(nn.Module):
     """TransEvolve-randomFF: as :class:`FullFeedForward` with both dense layers replaced by
-    :class:`TemporalProjection` at this layer's depth."""
+    :class:`TemporalProjection` evaluated at the time ``t`` (the official layer: its depth)."""
 
-    def __init__(self, config: ModelConfig, depth: int, generator: torch.Generator) -> None:
+    def __init__(self, config: ModelConfig, generator: torch.Generator, times: tuple[float, ...] = (0.0,),
+                 ff_width: int | None = None) -> None:
         super().__init__()
         lean = config.fidelity == "lean"
+        inner = ff_width or config.ff_width
         self.norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
-        self.expand = TemporalProjection(config.width, config.ff_width, depth, generator, lean)
-        self.contract = TemporalProjection(config.ff_width, config.width, depth, generator, lean)
+        self.expand = TemporalProjection(config.width, inner, generator, lean, times)
+        self.contract = TemporalProjection(inner, config.width, generator, lean, times)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.contract(_relu(self.expand(self.norm(x)))))
+    def forward(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """``(b, n, d)`` at time ``t`` -> ``(b, n, d)``."""
+        return self.dropout(self.contract(_relu(self.expand(self.norm(x), t)), t))
 
 
-def build_feed_forward(config: ModelConfig, depth: int, generator: torch.Generator) -> nn.Module:
+def build_feed_forward(config: ModelConfig, generator: torch.Generator, times: tuple[float, ...] = (0.0,),
+                       ff_width: int | None = None) -> nn.Module:
+    """The feed-forward sub-layer of ``config.ff_type`` (``ff_width`` overrides the inner width, e.g. Macaron's
+    halved feed-forwards); ``times`` are the times the trunk evaluates it at."""
     if config.ff_type == "full":
-        return FullFeedForward(config)
-    return RandomFeedForward(config, depth, generator)
+        return FullFeedForward(config, ff_width)
+    return RandomFeedForward(config, generator, times, ff_width)

@@ -10,6 +10,7 @@ keys and future keys, so no row is ever fully blocked.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -60,6 +61,54 @@ class AttentionMasks:
     def _future(self) -> torch.Tensor:
         n_q, n_k = self.query_pad.shape[1], self.key_pad.shape[1]
         return torch.ones(n_q, n_k, dtype=torch.bool, device=self.key_pad.device).triu(1)
+
+
+def visible_keys(key_pad: torch.Tensor, n_q: int, causal: bool) -> torch.Tensor:
+    """``(b, 1, q or 1, k)`` bool: key j is visible to query i (not padding, and ``j <= i + k - q`` if causal).
+
+    Queries are the last ``q`` of the ``k`` positions (``q == k`` in a full pass, fewer while decoding).
+    """
+    visible = ~key_pad[:, None, None, :]
+    if causal:
+        n_k = key_pad.shape[1]
+        rows = torch.arange(n_k - n_q, n_k, device=key_pad.device)
+        visible = visible & (torch.arange(n_k, device=key_pad.device)[None, :] <= rows[:, None])
+    return visible
+
+
+def fully_blocked_rows(query_pad: torch.Tensor, key_pad: torch.Tensor, causal: bool) -> torch.Tensor:
+    """``(b, q)`` bool: rows the official mask blocks entirely (padded query, or no visible key).
+
+    The official ``-1e9`` mask makes such a row attend uniformly to every key (pads and future keys included).
+    """
+    real = ~key_pad
+    offset = key_pad.shape[1] - query_pad.shape[1]
+    seen = real.cumsum(-1)[:, offset:] > 0 if causal else real.any(-1, keepdim=True)
+    return query_pad | ~seen
+
+
+@dataclass
+class StepMasks:
+    """Masks of ``m`` new query positions against ``k`` keys during incremental decoding.
+
+    Attributes:
+        visible: ``(b, 1, m, k)`` bool, not padding and (causal) not in the future.
+        blocked_rows: ``(b, 1, m, 1)`` bool, rows the official mask blocks entirely (evolved: uniform).
+    """
+
+    visible: torch.Tensor
+    blocked_rows: torch.Tensor
+
+    @classmethod
+    def build(cls, query_pad: torch.Tensor, key_pad: torch.Tensor, causal: bool) -> StepMasks:
+        visible = visible_keys(key_pad, query_pad.shape[1], causal)
+        visible = visible.expand(-1, -1, query_pad.shape[1], -1)
+        return cls(visible, fully_blocked_rows(query_pad, key_pad, causal)[:, None, :, None])
+
+    @property
+    def allowed(self) -> torch.Tensor:
+        """Softmax attention's rule: visible keys, or every key for a row that sees none."""
+        return self.visible | ~self.visible.any(-1, keepdim=True)
 
 
 def padding(ids: torch.Tensor) -> torch.Tensor:

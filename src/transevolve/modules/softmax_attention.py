@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from transevolve.config import ModelConfig
-from transevolve.modules.evolved_attention import append_cache
-from transevolve.modules.feedforward import dense
+from transevolve.modules.cache import StepContext, append_cache
+from transevolve.modules.heads import merge_heads, split_heads
+from transevolve.modules.init import dense
 from transevolve.modules.masks import AttentionMasks
 
 
@@ -49,15 +50,15 @@ class SoftmaxAttention(nn.Module):
         return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)     # (b, h, n, d/h)
+        return split_heads(x, self.num_heads)                                          # (b, h, n, d/h)
 
-    def forward(self, state: torch.Tensor, source: torch.Tensor, masks: AttentionMasks,
-                block: None = None, return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, state: torch.Tensor, source: torch.Tensor, masks: AttentionMasks, block: None = None,
+                t: float = 0.0, return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``state (b, q, d)`` and ``source (b, k, d)`` -> update ``(b, q, d)`` (and weights ``(b, h, q, k)``).
 
         ``source`` is the state itself for self-attention (its normalised copy is used) and the memory for
-        cross-attention. ``block`` exists for interface parity with the evolved attention and is unused.
+        cross-attention. ``block`` (no block-level state) and ``t`` (softmax attention does not depend on time)
+        keep one interface with every attention mechanism.
         """
         normed = self.norm(state)
         if self.cross:
@@ -80,24 +81,23 @@ class SoftmaxAttention(nn.Module):
         mixed = mixed.transpose(1, 2).reshape(b, n_q, -1)
         return self.dropout(self.output_proj(mixed)), weights
 
-    def step(self, state: torch.Tensor, store: dict[str, torch.Tensor], prefix: str, allowed: torch.Tensor,
-             memory: torch.Tensor | None = None) -> torch.Tensor:
+    def step(self, state: torch.Tensor, context: StepContext, t: float = 0.0) -> torch.Tensor:
         """Incremental decoding: ``state (b, m, d)`` new positions -> update ``(b, m, d)``.
 
         ``store[prefix + "keys"|"values"]`` ``(b, h, k, d/h)`` grow by the new positions (self-attention) or
-        are projected from ``memory (b, s, d)`` on the first call (cross-attention); ``allowed (b, 1, m, k)``.
+        are projected from ``context.memory (b, s, d)`` on the first call (cross-attention).
         """
+        store, prefix = context.store, context.prefix
         normed = self.norm(state)
         queries = self._heads(self.query_proj(normed))
         if self.cross:
             if prefix + "keys" not in store:
-                assert memory is not None
-                store[prefix + "keys"] = self._heads(self.key_proj(memory))
-                store[prefix + "values"] = self._heads(self.value_proj(memory))
+                assert context.memory is not None
+                store[prefix + "keys"] = self._heads(self.key_proj(context.memory))
+                store[prefix + "values"] = self._heads(self.value_proj(context.memory))
             keys, values = store[prefix + "keys"], store[prefix + "values"]
         else:
             keys = append_cache(store, prefix + "keys", self._heads(self.key_proj(normed)), dim=2)
             values = append_cache(store, prefix + "values", self._heads(self.value_proj(normed)), dim=2)
-        mixed = F.scaled_dot_product_attention(queries, keys, values, attn_mask=allowed)
-        b, _, m, _ = mixed.shape
-        return self.dropout(self.output_proj(mixed.transpose(1, 2).reshape(b, m, -1)))
+        mixed = F.scaled_dot_product_attention(queries, keys, values, attn_mask=context.masks.allowed)
+        return self.dropout(self.output_proj(merge_heads(mixed)))

@@ -1,0 +1,24 @@
+"""Initialisation shared by every module: Keras' defaults, as the official TensorFlow code uses them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def glorot_uniform_(weight: torch.Tensor, fan_in: int, fan_out: int) -> torch.Tensor:
+    """Keras' default initializer: U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        return weight.uniform_(-limit, limit)
+
+
+def dense(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    """A Linear layer with Keras initialisation (Glorot-uniform weight, zero bias)."""
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    glorot_uniform_(layer.weight, in_features, out_features)
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
