@@ -383,6 +383,10 @@ def params(
                                                               "e.g. width=256 num_heads=4 time_dim=64")] = None,
     preset: Annotated[list[str] | None, typer.Option(help=f"Presets to list (default: the official grid). "
                                                           f"Choices: {', '.join(PRESETS)}")] = None,
+    schemes: Annotated[bool, typer.Option("--schemes", help="Also list every layer-update scheme: field "
+                                          "evaluations per layer, parameters and FLOPs relative to sequential."
+                                          )] = False,
+    length: Annotated[int, typer.Option(help="Sequence length for the FLOP ratios of --schemes.", min=1)] = 512,
 ) -> None:
     """Parameter counts computed from the config alone (no model is built)."""
     from transevolve.params import count_parameters
@@ -392,19 +396,31 @@ def params(
     if unknown:
         _fail(f"unknown preset(s) {unknown}; choose from {list(PRESETS)}")
     table = Table(title="trainable parameters")
-    for column in ("preset", "kind", "attention", "ff", "blocks x layers", "fidelity", "encoder", "decoder",
-                   "non-embedding", "total"):
-        table.add_column(column, justify="left" if column in ("preset", "kind", "attention", "ff") else "right")
-    for name in names:
-        try:
-            config = apply_overrides(PRESETS[name], overrides or [])
-        except ValueError as error:
-            _fail(str(error))
+    for column in ("preset", "kind", "attention", "ff", "scheme", "blocks x layers", "fidelity", "encoder",
+                   "decoder", "non-embedding", "total"):
+        table.add_column(column, justify="left" if column in ("preset", "kind", "attention", "ff", "scheme")
+                         else "right")
+    configs = {name: apply_overrides(PRESETS[name], overrides or []) for name in names}
+    for name, config in configs.items():
         counts = count_parameters(config)
-        table.add_row(name, config.kind, config.attention, config.ff_type,
+        scheme = config.scheme + (f", shared x{config.share_layers}" if config.share_layers > 1 else "")
+        table.add_row(name, config.kind, config.attention, config.ff_type, scheme,
                       f"{config.num_blocks} x {config.layers_per_block}", config.fidelity, f"{counts.encoder:,}",
                       f"{counts.decoder:,}", f"{counts.non_embedding:,}", f"{counts.total:,}")
     console.print(table)
+    if schemes:
+        from transevolve.bench.flops import scheme_costs
+
+        for name, config in configs.items():
+            rows = scheme_costs(config, length)
+            scheme_table = Table(title=f"{name}: layer-update schemes (relative to sequential; FLOPs per token at "
+                                       f"n={length})")
+            for column in ("scheme", "field evaluations", "non-embedding parameters", "parameters x", "FLOPs x"):
+                scheme_table.add_column(column, justify="left" if column == "scheme" else "right")
+            for row in rows:
+                scheme_table.add_row(str(row["scheme"]), str(row["evaluations"]), f"{row['parameters']:,}",
+                                     f"{row['parameters_ratio']:.3f}", f"{row['flops_ratio']:.2f}")
+            console.print(scheme_table)
 
 
 @app.command("convert-official")

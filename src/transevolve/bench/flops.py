@@ -100,3 +100,28 @@ def flop_breakdown(config: ModelConfig, seq_len: int, path: Path = "fast") -> di
 def flops_per_token(config: ModelConfig, seq_len: int, path: Path = "fast") -> float:
     """Forward FLOPs per token of ``config`` at sequence length ``seq_len`` (a training step: 3x this)."""
     return sum(flop_breakdown(config, seq_len, path).values())
+
+
+def scheme_costs(config: ModelConfig, seq_len: int) -> list[dict[str, object]]:
+    """Per registered scheme: field evaluations per layer, and the parameters and forward FLOPs per token of
+    ``config`` with that scheme relative to ``sequential`` (schemes that ``config`` cannot take are skipped)."""
+    from transevolve.schemes import SCHEMES
+
+    base = config.replace(scheme="sequential", macaron_half_width=False)
+    base_parameters, base_flops = count_parameters(base).non_embedding, flops_per_token(base, seq_len)
+    rows: list[dict[str, object]] = []
+    for name, scheme in SCHEMES.items():
+        variants = [(name, {"scheme": name})]
+        if name == "macaron":
+            variants.append(("macaron (half width)", {"scheme": name, "macaron_half_width": True}))
+        for label, changes in variants:
+            try:
+                variant = base.replace(**changes)
+            except ValueError:
+                continue
+            rows.append({"scheme": label, "evaluations": scheme.evaluations, "stages": scheme.stages,
+                         "parameters": count_parameters(variant).non_embedding,
+                         "parameters_ratio": count_parameters(variant).non_embedding / base_parameters,
+                         "flops_ratio": flops_per_token(variant, seq_len) / base_flops,
+                         "doc": (scheme.__doc__ or "").strip().splitlines()[0] if scheme.__doc__ else ""})
+    return rows

@@ -65,6 +65,17 @@ class ModelSpec:
         return cls(data["name"], ModelConfig.from_dict(data["config"]), data.get("external"), data.get("max_length"))
 
 
+#: The layer-update schemes the benchmark can add to its line-up (``transformer/rk2``...), as config changes.
+SCHEME_VARIANTS: dict[str, dict[str, object]] = {
+    "parallel": {"scheme": "parallel"},
+    "macaron": {"scheme": "macaron", "macaron_half_width": True},
+    "rk2": {"scheme": "rk2"},
+    "rk2_gated": {"scheme": "rk2_gated"},
+    "rk4": {"scheme": "rk4"},
+    "shared": {"share_layers": 6},
+}
+
+
 def model_specs(width: int = 256, heads: int = 4, depth: int = 6, names: list[str] | None = None,
                 reference_max_length: int = 2048) -> list[ModelSpec]:
     """The standard line-up at one shape; ``names`` selects (and orders) a subset."""
@@ -83,6 +94,11 @@ def model_specs(width: int = 256, heads: int = 4, depth: int = 6, names: list[st
     specs += [evolved("full", 2, "factorised"), evolved("random", 2, "factorised")]
     if names is None:
         return specs
+    # Layer-update schemes (selectable by name, not in the default line-up): "<model>/<scheme>".
+    for scheme, changes in SCHEME_VARIANTS.items():
+        specs.append(ModelSpec(f"transformer/{scheme}", softmax.replace(**changes)))
+        full = evolved("full", 1, "auto").config
+        specs.append(ModelSpec(f"transevolve-full-1x{depth}/{scheme}", full.replace(**changes)))
     by_name = {spec.name: spec for spec in specs}
     unknown = [name for name in names if name not in by_name]
     if unknown:
