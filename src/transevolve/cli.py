@@ -56,6 +56,15 @@ def _message(error: BaseException) -> str:
     return str(error)
 
 
+def _exit_at_once_on_ctrl_c() -> None:
+    """After an interrupted run has saved its checkpoint, the interpreter still takes a moment to shut down
+    (library exit handlers); a further Ctrl-C then ends the process at once with code 130 instead of a traceback."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+
+
 def _errors_to_exit(function: Callable[..., Any]) -> Callable[..., Any]:
     """Turn bad-input errors into ``error: <message>`` and exit code 2, Ctrl-C into exit code 130 (no traceback
     unless debugging)."""
@@ -76,6 +85,7 @@ def _errors_to_exit(function: Callable[..., Any]) -> Callable[..., Any]:
             if _debugging():
                 raise
             err_console.print("interrupted", highlight=False)
+            _exit_at_once_on_ctrl_c()
             raise typer.Exit(code=130) from None
 
     wrapper._errors_to_exit = True  # type: ignore[attr-defined]
@@ -141,6 +151,7 @@ def compare(
     if any(r.interrupted for runs in results.values() for r in runs):
         if main:
             console.print(f"interrupted; continue with: transevolve compare --config {config} --out {out} --resume")
+        _exit_at_once_on_ctrl_c()
         raise typer.Exit(code=130)
     if not main:
         return
@@ -203,6 +214,7 @@ def train_command(
         console.print(f"[bold red]training diverged:[/] {error}")
         raise typer.Exit(code=1) from None
     if result.interrupted:
+        _exit_at_once_on_ctrl_c()
         raise typer.Exit(code=130)
     _print_result(result)
 

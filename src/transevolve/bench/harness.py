@@ -72,7 +72,7 @@ SCHEME_VARIANTS: dict[str, dict[str, object]] = {
     "rk2": {"scheme": "rk2"},
     "rk2_gated": {"scheme": "rk2_gated"},
     "rk4": {"scheme": "rk4"},
-    "shared": {"share_layers": 6},
+    "shared": {"share_layers": 0},           # 0: all layers of the block (the line-up's depth)
 }
 
 
@@ -95,7 +95,8 @@ def model_specs(width: int = 256, heads: int = 4, depth: int = 6, names: list[st
     if names is None:
         return specs
     # Layer-update schemes (selectable by name, not in the default line-up): "<model>/<scheme>".
-    for scheme, changes in SCHEME_VARIANTS.items():
+    for scheme, variant in SCHEME_VARIANTS.items():
+        changes = {k: (depth if k == "share_layers" and v == 0 else v) for k, v in variant.items()}
         specs.append(ModelSpec(f"transformer/{scheme}", softmax.replace(**changes)))
         full = evolved("full", 1, "auto").config
         specs.append(ModelSpec(f"transevolve-full-1x{depth}/{scheme}", full.replace(**changes)))
