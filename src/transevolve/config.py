@@ -20,16 +20,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 ModelKind = Literal["encoder_decoder", "encoder", "classifier", "decoder"]
 #: Registered attention mechanisms (:mod:`transevolve.modules.registry`); the built-in ones:
 AttentionKind = str   # "evolved" | "softmax" | ... (any registered name)
-FeedForwardKind = Literal["full", "random"]
+FeedForwardKind = Literal["full", "random", "none"]
+QKForm = Literal["separate", "collapsed", "symmetric"]
+VOForm = Literal["separate", "collapsed", "identity"]
 Fidelity = Literal["official", "lean"]
 Pooling = Literal["mean", "masked_mean"]
 AttentionImpl = Literal["reference", "factorised", "low_memory", "auto"]
+#: ``torchdiffeq`` methods accepted by ``scheme="adaptive"``: embedded-error adaptive Runge-Kutta pairs, and
+#: fixed-grid Runge-Kutta methods (``ode_step_size``). Multistep (Adams) methods are left out (they do not restart
+#: at the piecewise-constant field's jumps), and so is ``scipy_solver`` (no autograd).
+ADAPTIVE_ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_ODE_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4")
 
 
 def _choices(literal: Any) -> tuple[str, ...]:
@@ -49,8 +57,10 @@ class ModelConfig:
         layers_per_block: L, the layers that share one block-level interaction (TransEvolve). For the
             softmax Transformer a block is simply L layers followed by a LayerNorm.
         num_blocks: N blocks per stack; total depth is N * L.
-        attention: ``evolved`` (TransEvolve) or ``softmax`` (standard Transformer).
-        ff_type: ``full`` (learned) or ``random`` (TransEvolve-randomFF).
+        attention: ``evolved`` (TransEvolve), ``softmax`` (standard Transformer) or ``minimal`` (softmax attention
+            with the reductions of Bermeitinger et al. 2024, arXiv 2410.13732, chosen by ``qk_form`` and ``vo_form``).
+        ff_type: ``full`` (learned), ``random`` (TransEvolve-randomFF) or ``none`` (no feed-forward: the layer's
+            feed-forward field is zero and has no parameters; ``ff_multiplier`` is then unused).
         ff_multiplier: inner feed-forward width is ``ff_multiplier * width`` (official: 4).
         dropout: dropout rate at the official sites (projected Q/K, sub-layer outputs).
         max_length: longest sequence accepted (the size of the sinusoidal position table).
@@ -65,12 +75,34 @@ class ModelConfig:
             ``masked_mean`` over non-pad positions.
         scheme: the layer-update scheme (:mod:`transevolve.schemes`): ``sequential`` (Lie-Trotter, the standard
             pre-LN layer), ``parallel`` (Zhong et al.), ``macaron`` (Strang-Marchuk), ``rk2``, ``rk2_gated``, ``rk4``
-            (ODE Transformer). TransEvolve computes its block interaction once per block under every scheme and
-            evolves it with the time signal at each stage's time.
+            (ODE Transformer), ``adaptive`` (a block's layers as one ODE solved by ``torchdiffeq``, see ``ode_*``).
+            TransEvolve computes its block interaction once per block under every scheme and evolves it with the
+            time signal at each stage's (or field evaluation's) time.
         share_layers: k consecutive layers of a block share one layer's weights (1 = none, layers_per_block =
             all): the block then integrates a piecewise-constant (k = L: autonomous up to the time signal) field.
         macaron_half_width: halve the inner width of Macaron's two feed-forwards, so that a layer has the
             parameters of one full-width feed-forward (as the Macaron paper does).
+        qk_form: ``attention="minimal"`` only: the query-key form, ``separate`` (``W_Q``, ``W_K`` per head),
+            ``collapsed`` (one (d, d) ``W_QK`` per head, unprojected keys; exact for one head, a superset for
+            several) or ``symmetric`` (``W_K = W_Q``: a lower-trapezoidal (d, d/h) factor ``T`` per head and a
+            shared bias, Gram-matrix logits; one head: ``W_QK = T T^T``, d (d + 1) / 2 weights). Formulas:
+            :mod:`transevolve.modules.minimal_attention`.
+        vo_form: ``attention="minimal"`` only: the value-output form, ``separate`` (``W_V``, ``W_O``),
+            ``collapsed`` (one (d, d) ``W_VO`` per head, the heads summed, one output bias) or ``identity`` (no
+            ``W_V``, ``W_O``: each head mixes its slice of the normalised inputs, a convex combination).
+        ode_method: ``scheme="adaptive"`` only (as are all ``ode_*`` fields): the ``torchdiffeq`` method that
+            integrates each block, ``dx/dt = A_j(x, t) + C_j(x, t) + F_j(x, t)`` on ``[0, T]`` with ``j = min(floor(t
+            / share_layers), L / share_layers - 1)``. Adaptive: ``dopri5`` (default), ``dopri8``, ``bosh3``,
+            ``fehlberg2``, ``adaptive_heun`` (told the layer boundaries as ``jump_t``, so they step onto each jump
+            and restart there); fixed grid: ``euler``, ``midpoint``, ``heun2``, ``heun3``, ``rk4`` (``ceil(T /
+            ode_step_size)`` equal steps, evaluations perturbed to the right side of a boundary). Not available for
+            kinds with causal decoding (``decoder``, ``encoder_decoder``).
+        ode_rtol, ode_atol: relative and absolute tolerances of the adaptive methods' error control (RMS norm over
+            the whole ``(b, n, d)`` state: every position and batch row shares the step sizes).
+        ode_interval: T, the integration interval of a block (0 = ``layers_per_block``). T must exceed
+            ``layers_per_block - share_layers`` so that every layer's weights hold for some time; past
+            ``layers_per_block`` the last layer's field continues.
+        ode_step_size: the step of the fixed-grid methods (ignored by the adaptive ones).
         random_ff_seed: seed of the fixed random tensors of the random feed-forward (they are saved with the
             model as buffers, so a checkpoint reproduces them).
         attention_impl: how evolved attention is computed (an execution choice, not architecture: it is left out
@@ -84,6 +116,10 @@ class ModelConfig:
             underflow), and fall back to ``reference`` when intermediates are requested or autocast is on.
             Softmax attention always uses fused attention (its explicit path when weights are requested) whatever
             this says.
+        ode_adjoint: ``scheme="adaptive"``: backpropagate with ``torchdiffeq.odeint_adjoint`` (memory independent
+            of the number of steps; the field is solved again backwards in time) instead of through the solver's
+            operations. An execution choice, left out of equality. Evolved attention then uses its ``reference``
+            path, whose block state is plain autograd tensors the adjoint can take as parameters.
     """
 
     kind: ModelKind = "encoder_decoder"
@@ -107,8 +143,16 @@ class ModelConfig:
     scheme: str = "sequential"
     share_layers: int = 1
     macaron_half_width: bool = False
+    qk_form: QKForm = "separate"
+    vo_form: VOForm = "separate"
+    ode_method: str = "dopri5"
+    ode_rtol: float = 1e-3
+    ode_atol: float = 1e-4
+    ode_interval: float = 0.0
+    ode_step_size: float = 1.0
     # Execution choices and labels: not part of the architecture, left out of equality.
     attention_impl: AttentionImpl = field(default="auto", compare=False)
+    ode_adjoint: bool = field(default=False, compare=False)
     # Not part of the architecture; kept so that a saved config says where it came from.
     name: str = field(default="", compare=False)
 
@@ -122,6 +166,8 @@ class ModelConfig:
         for name, literal in (
             ("kind", ModelKind),
             ("ff_type", FeedForwardKind),
+            ("qk_form", QKForm),
+            ("vo_form", VOForm),
             ("fidelity", Fidelity),
             ("pooling", Pooling),
             ("attention_impl", AttentionImpl),
@@ -188,8 +234,49 @@ class ModelConfig:
                           f"parameters of one full-width feed-forward); scheme is {self.scheme!r}")
         elif self.macaron_half_width and (self.ff_width // 2) % 2 and self.ff_type == "random":
             errors.append("macaron_half_width with ff_type='random' needs ff_multiplier * width divisible by 4")
+        if self.attention != "minimal" and (self.qk_form, self.vo_form) != ("separate", "separate"):
+            errors.append(f"qk_form={self.qk_form!r} and vo_form={self.vo_form!r} choose the projections of "
+                          f"attention='minimal' only (attention is {self.attention!r}); leave them 'separate'")
+        if self.ff_type == "none" and self.scheme == "macaron":
+            errors.append("ff_type='none' with scheme='macaron': Macaron splits the feed-forward into two half steps "
+                          "around attention; without a feed-forward it is exactly scheme='sequential' (use that)")
+        if self.ff_type == "none" and self.macaron_half_width is True:
+            errors.append("macaron_half_width=true halves the inner width of the feed-forwards, but ff_type='none' "
+                          "has none")
+        errors.extend(self._ode_errors())
         if self.kind != "classifier" and self.pooling != "mean":
             errors.append(f"pooling={self.pooling!r} is only meaningful for kind='classifier'")
+        return errors
+
+    def _ode_errors(self) -> list[str]:
+        """The ``ode_*`` fields (checked whatever the scheme) and ``scheme="adaptive"``'s constraints."""
+        errors: list[str] = []
+        methods = [*ADAPTIVE_ODE_METHODS, *FIXED_ODE_METHODS]
+        if self.ode_method not in methods:
+            errors.append(f"ode_method={self.ode_method!r} is not one of {methods}")
+        numbers: dict[str, float] = {}
+        for name in ("ode_rtol", "ode_atol", "ode_interval", "ode_step_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+                errors.append(f"{name}={value!r} must be a finite number")
+            else:
+                numbers[name] = float(value)
+        for name in ("ode_rtol", "ode_atol", "ode_step_size"):
+            if name in numbers and not numbers[name] > 0:
+                errors.append(f"{name}={numbers[name]} must be positive")
+        interval = numbers.get("ode_interval")
+        if interval is not None and interval != 0:
+            shortest = self.layers_per_block - self.share_layers
+            if interval < 0 or interval <= shortest:
+                errors.append(f"ode_interval={interval} must be 0 (= layers_per_block) or more than layers_per_block - "
+                              f"share_layers = {shortest}, so that every layer's weights hold for some time")
+        if not isinstance(self.ode_adjoint, bool):
+            errors.append(f"ode_adjoint={self.ode_adjoint!r} must be true or false")
+        if self.scheme == "adaptive" and self.has_decoder:
+            errors.append(f"scheme='adaptive' is not available for kind={self.kind!r} (causal decoding): the "
+                          "step-size controller's error norm couples all positions, so a position's output would "
+                          "depend on future tokens, and incremental decoding could not equal recomputation; use it "
+                          "with kind 'encoder' or 'classifier'")
         return errors
 
     # ----------------------------------------------------------------------------------------------
@@ -267,7 +354,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 def _parse_value(name: str, text: str, current: Any) -> Any:
     lowered = text.strip().lower()
-    if lowered in ("none", "null"):
+    if lowered in ("none", "null") and not isinstance(current, str):      # ff_type=none is a value
         return None
     if isinstance(current, bool):
         if lowered in ("true", "1", "yes"):

@@ -20,6 +20,13 @@ scheme code on new positions only, with the layer fields bound to a :class:`Deco
 stage, self/cross) evaluation caches what its mechanism needs (softmax: keys and values; evolved: per block the
 keys ``K`` of every earlier block input, per evaluation the key biases ``K (P_Q tau(t))`` and normalised values).
 
+``config.scheme = "adaptive"`` (schemes with ``integrates_block``) replaces the loop over layer evaluations by one
+ODE solve per block (:meth:`Block.integrate`, ``torchdiffeq``): ``dx/dt = A_j(x, t) + C_j(x, t) + F_j(x, t)`` on
+``[0, T]``, where ``j = min(floor(t / share_layers), L / share_layers - 1)`` is the layer whose weights hold at time
+``t``. The fields are the same :class:`_PassFields` (same attention and feed-forward code); TransEvolve's block
+interaction is still computed once per block and each evaluation uses the time signal at its own ``t``. The number
+of field evaluations of the last forward pass is ``model.function_evaluations()``.
+
 Traces (``return_intermediates=True``) are keyed by ``(block, layer)`` and ``(block, layer, stage)``.
 
 Legend: ``b`` batch, ``s`` source length, ``n`` target / sequence length, ``m`` new positions, ``d`` width,
@@ -28,19 +35,22 @@ Legend: ``b`` batch, ``s`` source length, ``n`` target / sequence length, ``m`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from transevolve.config import ModelConfig
+from transevolve.config import FIXED_ODE_METHODS, ModelConfig
 from transevolve.modules.cache import CacheStore, StepContext
 from transevolve.modules.embedding import TiedEmbedding
 from transevolve.modules.feedforward import build_feed_forward, dense
 from transevolve.modules.masks import AttentionMasks, StepMasks, padding, validate_ids
 from transevolve.modules.registry import get_attention
-from transevolve.schemes import Scheme, get_scheme
+from transevolve.schemes import Scheme, get_scheme, summed_field
 
 #: ``(block, layer)``: a layer evaluation of a stack (``layer`` counts evaluations, shared weights or not).
 LayerKey = tuple[int, int]
@@ -62,6 +72,12 @@ class StackTrace:
             absent for mechanisms without one).
 
     Dicts keep insertion order, which is the order of evaluation.
+
+    ``scheme="adaptive"``: ``layer_outputs[(block, i)]`` is the solution at the ``i``-th output time after 0 (the
+    integer times ``1, 2, ...`` below T, then T; the adaptive methods interpolate there, so asking for a trace does
+    not change the steps), ``block_outputs`` and ``block_scores`` are recorded as usual, and no attention weights are
+    recorded: the solver evaluates the fields at times it chooses, some in rejected steps, so per-stage weights
+    are not meaningful.
     """
 
     layer_outputs: dict[LayerKey, torch.Tensor] = field(default_factory=dict)
@@ -211,6 +227,97 @@ class _StepContextOfBlock:
     cross_state: Any
 
 
+@dataclass(frozen=True)
+class _ODESettings:
+    """``ModelConfig.ode_*`` as a block uses them (``interval`` already resolved: 0 -> ``layers_per_block``)."""
+
+    method: str
+    rtol: float
+    atol: float
+    interval: float
+    step_size: float
+    adjoint: bool
+
+    @classmethod
+    def of(cls, config: ModelConfig) -> _ODESettings:
+        return cls(config.ode_method, float(config.ode_rtol), float(config.ode_atol),
+                   float(config.ode_interval) or float(config.layers_per_block), float(config.ode_step_size),
+                   config.ode_adjoint)
+
+
+@contextmanager
+def _seeded_randomness(device: torch.device, seed: int) -> Iterator[None]:
+    """Run the body with ``device``'s random generator seeded to ``seed``, restoring its state afterwards."""
+    if device.type == "cpu":
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            yield
+        return
+    backend = torch.get_device_module(device.type)
+    index = device.index if device.index is not None else backend.current_device()
+    with torch.random.fork_rng(devices=[index], device_type=device.type):
+        if device.type == "cuda":
+            torch.cuda.default_generators[index].manual_seed(seed)
+        else:
+            backend.manual_seed(seed)
+        yield
+
+
+class _BlockField(nn.Module):
+    """A block's layers as one vector field ``f(t, x) = A_j(x, t) + C_j(x, t) + F_j(x, t)`` (``torchdiffeq``'s
+    ``func(t, y)``: ``t`` a 0-d tensor, ``x (b, n, d)`` -> ``(b, n, d)``), ``j = min(floor(t / k), layers - 1)``.
+
+    An ``nn.Module`` holding the block's layers, so that ``parameters()`` are the adjoint's parameters. Counts its
+    evaluations. With ``seed`` (training with dropout) every evaluation of layer ``j`` draws the same dropout masks
+    (the generator is seeded to ``seed + j``): the field stays a deterministic function of ``(t, x)`` within a
+    forward pass, as the step-size controller and the adjoint's backward solve need.
+    """
+
+    def __init__(self, layers: nn.ModuleList, layer_fields: list[_PassFields], share: int, seed: int | None) -> None:
+        super().__init__()
+        self.layers = layers
+        self.fields = layer_fields
+        self.share = share
+        self.seed = seed
+        self.evaluations = 0
+
+    def layer_at(self, t: float) -> int:
+        """The index of the layer whose weights hold at time ``t``."""
+        return min(max(math.floor(t / self.share), 0), len(self.fields) - 1)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        self.evaluations += 1
+        time = float(t.detach())
+        j = self.layer_at(time)
+        if self.seed is None:
+            return summed_field(self.fields[j], x, time).to(x.dtype)
+        with _seeded_randomness(x.device, self.seed + j):
+            return summed_field(self.fields[j], x, time).to(x.dtype)
+
+
+def _differentiable_tensors(value: Any) -> list[torch.Tensor]:
+    """Tensors that require grad inside ``value`` (tensors, dataclasses, dicts, lists, tuples), without repeats:
+    the block-level state the adjoint must treat as parameters of the field."""
+    found: dict[int, torch.Tensor] = {}
+
+    def visit(item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            if item.requires_grad:
+                found.setdefault(id(item), item)
+        elif is_dataclass(item) and not isinstance(item, type):
+            for spec in fields(item):
+                visit(getattr(item, spec.name))
+        elif isinstance(item, dict):
+            for entry in item.values():
+                visit(entry)
+        elif isinstance(item, list | tuple):
+            for entry in item:
+                visit(entry)
+
+    visit(value)
+    return list(found.values())
+
+
 class Block(nn.Module):
     """``L`` layer evaluations (at times ``0 .. L-1``) sharing the block-level state of their attention mechanism
     (evolved attention: the query-key interaction, computed once from the block input), then a LayerNorm.
@@ -235,6 +342,11 @@ class Block(nn.Module):
         self.attention_impl = config.attention_impl
         self.share = share
         self.num_evaluations = config.layers_per_block
+        #: ``scheme="adaptive"``: the ODE solve's settings (None for the per-layer schemes).
+        self.ode = _ODESettings.of(config) if scheme.integrates_block else None
+        self.dropout_rate = config.dropout
+        #: Field evaluations of the last forward pass (``scheme="adaptive"``; None otherwise).
+        self.last_function_evaluations: int | None = None
 
     def evaluations(self) -> list[tuple[int, Layer, float]]:
         """``(layer index, layer module, time)`` of every layer evaluation, in order."""
@@ -246,26 +358,74 @@ class Block(nn.Module):
         """``x (b, n, d)`` (``memory (b, s, d)``) -> ``(b, n, d)``; ``index`` is the block's place in its stack."""
         record = trace is not None
         evaluations = self.evaluations()
+        integrates = self.ode is not None
+        # The adjoint takes the block state as parameters of the field: plain autograd tensors (reference path).
+        impl = "reference" if self.ode is not None and self.ode.adjoint else self.attention_impl
         self_state = cross_state = None
         if self.self_interaction is not None:
-            plan = [(layer.self_attention, t) for _, layer, t in evaluations]
-            self_state = self.self_interaction.block_state(x, x, self_masks, self.attention_impl, record, plan)
+            plan = None if integrates else [(layer.self_attention, t) for _, layer, t in evaluations]
+            self_state = self.self_interaction.block_state(x, x, self_masks, impl, record, plan)
             if trace is not None:
                 trace.block_scores[index] = self_state
         if self.cross_interaction is not None:
             assert memory is not None and cross_masks is not None
-            plan = [(layer.cross_attention, t) for _, layer, t in evaluations]
-            cross_state = self.cross_interaction.block_state(x, memory, cross_masks, self.attention_impl, record,
-                                                             plan)
+            plan = None if integrates else [(layer.cross_attention, t) for _, layer, t in evaluations]
+            cross_state = self.cross_interaction.block_state(x, memory, cross_masks, impl, record, plan)
         context = _PassContext(memory, self_masks, cross_masks, self_state, cross_state, trace)
-        for i, layer, t in evaluations:
-            x = layer.scheme.step(_PassFields(layer, context, (index, i)), x, t)
-            if trace is not None:
-                trace.layer_outputs[(index, i)] = x
+        if integrates:
+            x = self.integrate(x, context, index, trace)
+        else:
+            for i, layer, t in evaluations:
+                x = layer.scheme.step(_PassFields(layer, context, (index, i)), x, t)
+                if trace is not None:
+                    trace.layer_outputs[(index, i)] = x
         x = self.final_norm(x)
         if trace is not None:
             trace.block_outputs[index] = x
         return x
+
+    def integrate(self, x: torch.Tensor, context: _PassContext, index: int = 0, trace: StackTrace | None = None
+                  ) -> torch.Tensor:
+        """``scheme="adaptive"``: solve ``dx/dt = A_j(x, t) + C_j(x, t) + F_j(x, t)`` on ``[0, T]`` from the block
+        input ``x (b, n, d)``; returns ``x(T)`` ``(b, n, d)`` (before the final LayerNorm).
+
+        ``context`` holds the block-level state (computed once from the block input). Adaptive methods get the
+        layer boundaries ``k, 2k, ...`` as ``jump_t`` (they step onto each and restart the field on its right
+        side); fixed-grid methods take ``ceil(T / ode_step_size)`` equal steps with perturbed evaluations (at a
+        boundary, a step's first stage sees the next layer, its last stage the previous one). Sets
+        :attr:`last_function_evaluations` (the forward solve's evaluations; an adjoint's backward solve is not
+        counted).
+        """
+        from torchdiffeq import odeint, odeint_adjoint
+
+        ode = self.ode
+        assert ode is not None, "Block.integrate is the path of schemes with integrates_block"
+        end = ode.interval
+        outputs = [0.0, end]
+        if trace is not None:
+            outputs = [0.0, *(float(k) for k in range(1, math.ceil(end))), end]
+        times = torch.tensor(outputs, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+        untraced = replace(context, trace=None)
+        layer_fields = [_PassFields(layer, untraced, (index, j * self.share)) for j, layer in enumerate(self.layers)]
+        seed = int(torch.randint(0, 2**62, ()).item()) if self.training and self.dropout_rate > 0 else None
+        func = _BlockField(self.layers, layer_fields, self.share, seed)
+        options: dict[str, Any]
+        if ode.method in FIXED_ODE_METHODS:
+            options = {"grid_constructor": _fixed_grid(ode.step_size), "perturb": True}
+        else:
+            jumps = [float(j * self.share) for j in range(1, len(self.layers))]
+            options = {"jump_t": torch.tensor(jumps, dtype=torch.float64, device=x.device)} if jumps else {}
+        solve = {"rtol": ode.rtol, "atol": ode.atol, "method": ode.method, "options": options}
+        if ode.adjoint and torch.is_grad_enabled():
+            state = _differentiable_tensors((context.self_state, context.cross_state, context.memory))
+            solution = odeint_adjoint(func, x, times, adjoint_params=(*func.parameters(), *state), **solve)
+        else:
+            solution = odeint(func, x, times, **solve)
+        self.last_function_evaluations = func.evaluations
+        if trace is not None:
+            for k in range(1, len(outputs)):
+                trace.layer_outputs[(index, k - 1)] = solution[k]
+        return solution[-1]
 
     def step(self, x: torch.Tensor, memory: torch.Tensor | None, store: dict[str, torch.Tensor], prefix: str,
              self_masks: StepMasks, cross_masks: StepMasks | None) -> torch.Tensor:
@@ -284,6 +444,19 @@ class Block(nn.Module):
         for i, layer, t in self.evaluations():
             x = layer.scheme.step(_StepFields(layer, context, f"{prefix}layers.{i}."), x, t)
         return self.final_norm(x)
+
+
+def _fixed_grid(step_size: float) -> Any:
+    """A ``torchdiffeq`` grid constructor: ``ceil((t1 - t0) / step_size)`` equal steps from ``t[0]`` to ``t[-1]``
+    (exact end points, no sliver of a last step)."""
+
+    def grid(func: Any, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        steps = max(1, math.ceil(float(t[-1] - t[0]) / step_size - 1e-9))
+        points = torch.linspace(float(t[0]), float(t[-1]), steps + 1, dtype=t.dtype, device=t.device)
+        points[0], points[-1] = t[0], t[-1]
+        return points
+
+    return grid
 
 
 class Stack(nn.Module):
@@ -318,6 +491,13 @@ class _Model(nn.Module):
 
     config: ModelConfig
     embedding: TiedEmbedding
+
+    def function_evaluations(self) -> int | None:
+        """Vector-field evaluations of the last forward pass, summed over blocks and stacks (``scheme="adaptive"``,
+        whose cost is set by the ODE solver); None for the fixed schemes (see ``Scheme.evaluations``)."""
+        counts = [module.last_function_evaluations for module in self.modules()
+                  if isinstance(module, Block) and module.last_function_evaluations is not None]
+        return sum(counts) if counts else None
 
     def _check(self, ids: object, name: str) -> torch.Tensor:
         ids = validate_ids(ids, self.config, name)

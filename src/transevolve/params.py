@@ -17,7 +17,11 @@ the official code's inert terms:
   values and everything before it in the sub-layer (its LayerNorm, the ``d -> m*d`` projection) are dead, and the
   sub-layer outputs only its last bias;
 - the key bias of softmax attention (``q . b_k`` is the same for every key of a row), a textbook fact that holds
-  for every Transformer with biased key projections.
+  for every Transformer with biased key projections; likewise ``key_proj.bias`` of minimal attention's
+  ``qk_form="separate"`` (its ``collapsed`` and ``symmetric`` forms keep no dead bias: ``u . x_j`` and the shared
+  bias vary with the key).
+
+``ff_type="none"`` has no feed-forward parameters.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import nn
 from transevolve.config import ModelConfig
 from transevolve.modules.evolved_attention import BlockInteraction, EvolvedAttention
 from transevolve.modules.feedforward import RandomFeedForward, TemporalProjection
+from transevolve.modules.minimal_attention import MinimalAttention
 from transevolve.modules.registry import get_attention
 from transevolve.modules.softmax_attention import SoftmaxAttention
 from transevolve.schemes import get_scheme
@@ -64,6 +69,8 @@ def _feed_forward(c: ModelConfig) -> int:
     d, m = c.width, c.scheme_ff_width
     if c.ff_type == "full":
         return d * m + m + m * d + d + _norm(c)
+    if c.ff_type == "none":
+        return 0
 
     def projection(n_in: int, n_out: int) -> int:
         singular_values = n_in if c.fidelity == "official" else min(n_in, n_out)
@@ -122,7 +129,8 @@ def dead_parameter_masks(model: nn.Module) -> dict[str, torch.Tensor]:
         dot = f"{prefix}." if prefix else ""
         if isinstance(module, BlockInteraction) and module.key_time is not None:
             mark(dot + "key_time", module.key_time)
-        elif isinstance(module, SoftmaxAttention):
+        elif isinstance(module, SoftmaxAttention) or (isinstance(module, MinimalAttention)
+                                                      and module.qk_form == "separate"):
             mark(dot + "key_proj.bias", module.key_proj.bias)
         elif isinstance(module, EvolvedAttention):
             mark(dot + "time_amplitudes", module.time_amplitudes, slice(0, 1))

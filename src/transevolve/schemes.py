@@ -13,6 +13,12 @@ serves the full forward pass and incremental decoding: only the fields it is han
 | ``rk2`` | Heun on ``G = sequential layer - x``: ``x += h/2 (G1 + G2)``, ``G2`` at ``(x + hG1, t + h)`` | 2 | Li |
 | ``rk2_gated`` | ``rk2`` with ``x += h(g G1 + (1 - g) G2)``, ``g = sigmoid(w [G1; G2] + b)`` per token | 2 | Li |
 | ``rk4`` | classical Runge-Kutta on ``G`` (stages at ``t``, ``t + h/2``, ``t + h/2``, ``t + h``) | 4 | Li |
+| ``adaptive`` | a block's layers as one ODE ``dx/dt = A_j + C_j + F_j``, by ``torchdiffeq`` | NFE | Zhong et al. |
+
+``adaptive`` is not a per-layer step: the block integrates the summed field (:func:`summed_field`, ``parallel``'s
+update divided by ``h``) of the layer whose weights hold at time ``t`` (``j = floor(t / share_layers)``) over
+``[0, T]`` with an adaptive (or fixed-grid) solver (:meth:`transevolve.models.Block.integrate`); its cost is the
+number of field evaluations (NFE) the solver spends. Schemes with ``integrates_block = True`` are driven that way.
 
 Stages are numbered; a field evaluated at stage ``s`` sees the state of that stage (decoding caches its keys and
 values per stage). Add a scheme by subclassing :class:`Scheme` with ``@register_scheme``.
@@ -68,6 +74,8 @@ class Scheme(nn.Module, ABC):
         feed_forwards: feed-forward modules per layer (Macaron has two).
         stages: distinct states at which the fields are evaluated (decoding caches keys and values per stage).
         stage_times: the time offsets (in units of ``h``) of the stages.
+        integrates_block: the block integrates its layers as one ODE (:meth:`transevolve.models.Block.integrate`)
+            instead of calling :meth:`step` once per layer evaluation.
     """
 
     name: ClassVar[str]
@@ -75,6 +83,7 @@ class Scheme(nn.Module, ABC):
     feed_forwards: ClassVar[int] = 1
     stages: ClassVar[int] = 1
     stage_times: ClassVar[tuple[float, ...]] = (0.0,)
+    integrates_block: ClassVar[bool] = False
 
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -118,10 +127,7 @@ class Parallel(Scheme):
     name = "parallel"
 
     def step(self, fields: LayerFields, x: torch.Tensor, t: float, h: float = 1.0) -> torch.Tensor:
-        update = fields.attend(x, t, 0)
-        if fields.has_cross:
-            update = update + fields.cross(x, t, 0)
-        return x + _scaled(update + fields.feed(x, t, 0), h)
+        return x + _scaled(summed_field(fields, x, t, 0), h)
 
 
 @register_scheme
@@ -191,3 +197,35 @@ class RK4(Scheme):
         k3 = _layer_field(fields, x + _scaled(k2, 0.5 * h), t + 0.5 * h, 2)
         k4 = _layer_field(fields, x + _scaled(k3, h), t + h, 3)
         return x + _scaled(k1 + 2 * k2 + 2 * k3 + k4, h / 6)
+
+
+def summed_field(fields: LayerFields, x: torch.Tensor, t: float, stage: int = 0) -> torch.Tensor:
+    """The parallel (summed) vector field ``A(x, t) + C(x, t) + F(x, t)``: ``(b, n, d) -> (b, n, d)``.
+
+    ``parallel`` takes one Euler step of it; ``adaptive`` integrates it with an ODE solver.
+    """
+    update = fields.attend(x, t, stage)
+    if fields.has_cross:
+        update = update + fields.cross(x, t, stage)
+    return update + fields.feed(x, t, stage)
+
+
+@register_scheme
+class Adaptive(Scheme):
+    """Zhong et al.'s "neural ODE solver with a sophisticated integration scheme": a block's layers read as one
+    ODE ``dx/dt = A_j(x, t) + C_j(x, t) + F_j(x, t)`` on ``[0, T]``, ``j = min(floor(t / share_layers), L / k - 1)``
+    (piecewise constant in ``t``), integrated by ``torchdiffeq`` (``ModelConfig.ode_*``).
+
+    The block does the integration (:meth:`transevolve.models.Block.integrate`); this class only marks the scheme.
+    Its modules and parameters are those of ``parallel`` (one feed-forward per layer). ``evaluations = 1`` is the
+    cost of one field evaluation; a forward pass costs as many as the solver spends (``model.function_evaluations()``).
+    ``stage_times`` is metadata only: a layer is evaluated anywhere in its time interval, not only at its start.
+    """
+
+    name = "adaptive"
+    integrates_block = True
+    stage_times = (0.0, 0.5)
+
+    def step(self, fields: LayerFields, x: torch.Tensor, t: float, h: float = 1.0) -> torch.Tensor:
+        raise RuntimeError("scheme 'adaptive' has no per-layer step: the block integrates all its layers as one ODE "
+                           "(Block.integrate), and incremental decoding is not available for it")

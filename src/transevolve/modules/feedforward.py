@@ -4,6 +4,8 @@
 - :class:`RandomFeedForward`: TransEvolve-randomFF. Each dense layer is a :class:`TemporalProjection` whose
   weight ``W_l = U_l diag(s) V_l`` is built from fixed random tensors and the layer's depth ``l``; only the
   "singular values" ``s`` and the bias are trained.
+- :class:`NoFeedForward`: ``ff_type="none"`` (Bermeitinger et al. 2024): the feed-forward field is zero, no
+  parameters.
 
 Official quirks kept on purpose (see ``docs`` and ``dead_parameter_masks``): ``U_l`` and ``V_l`` are not
 orthogonal; at depth 0 ``U_0``/``V_0`` are rank 1, so the d->m*d weight is rank 1 and the m*d->d weight is exactly
@@ -142,10 +144,22 @@ class RandomFeedForward(nn.Module):
         return self.dropout(self.contract(_relu(self.expand(self.norm(x), t)), t))
 
 
+class NoFeedForward(nn.Module):
+    """``ff_type="none"``: the zero field. Returns a zero of ``x``'s shape that is one broadcast scalar (a stride-0
+    view, no allocation), so that every scheme's ``x + h F(x)``, sums and concatenations stay correct at the cost
+    of one elementwise add. No parameters."""
+
+    def forward(self, x: torch.Tensor, t: float = 0.0) -> torch.Tensor:
+        """``(b, n, d)`` -> zeros ``(b, n, d)`` (read-only: an expanded 0-dim tensor)."""
+        return x.new_zeros(()).expand_as(x)
+
+
 def build_feed_forward(config: ModelConfig, generator: torch.Generator, times: tuple[float, ...] = (0.0,),
                        ff_width: int | None = None) -> nn.Module:
     """The feed-forward sub-layer of ``config.ff_type`` (``ff_width`` overrides the inner width, e.g. Macaron's
     halved feed-forwards); ``times`` are the times the trunk evaluates it at."""
     if config.ff_type == "full":
         return FullFeedForward(config, ff_width)
+    if config.ff_type == "none":
+        return NoFeedForward()
     return RandomFeedForward(config, generator, times, ff_width)

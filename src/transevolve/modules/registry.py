@@ -115,7 +115,8 @@ def _evolved_layer_macs(c: ModelConfig, n: int, path: Path) -> Costs:
     d, h, big, ht = c.width, c.num_heads, c.score_width, c.num_heads * c.time_dim
     if path == "fast":
         return {"projections": d * d + big * h, "attention_n2": n * (d + h)}
-    return {"projections": d * d + ht, "attention_n2": n * d}
+    inert = ht if c.fidelity == "official" else 0                  # the query bias rho . tau(t), per layer
+    return {"projections": d * d + ht + inert, "attention_n2": n * d}
 
 
 def _evolved_block_macs(c: ModelConfig, n: int, path: Path) -> Costs:
@@ -136,4 +137,35 @@ register_attention(AttentionSpec(
     block_macs=_evolved_block_macs,
     cache="per block: keys K (b, h, n, D/h); per layer and stage: key bias (b, h, n) and normalised values",
     citation="Dutta et al. 2021, arXiv 2109.15142 (TransEvolve)",
+))
+
+
+# -- minimal (Bermeitinger et al.: collapsed / symmetric / identity projections) -------------------------------
+def _minimal_layer(config: ModelConfig, cross: bool, times: tuple[float, ...]) -> nn.Module:
+    from transevolve.modules.minimal_attention import MinimalAttention
+
+    return MinimalAttention(config, cross=cross)
+
+
+def _minimal_parameters(c: ModelConfig, cross: bool) -> int:
+    from transevolve.modules.minimal_attention import qk_parameters, vo_parameters
+
+    return qk_parameters(c) + vo_parameters(c) + _norm(c)
+
+
+def _minimal_macs(c: ModelConfig, n: int, path: Path) -> Costs:
+    from transevolve.modules.minimal_attention import minimal_macs
+
+    return minimal_macs(c, n)
+
+
+register_attention(AttentionSpec(
+    name="minimal",
+    layer=_minimal_layer,
+    layer_parameters=_minimal_parameters,             # Q/K form + V/O form (ModelConfig.qk_form, vo_form) + pre-LN
+    layer_macs=_minimal_macs,
+    cache="per layer: projected keys (b, h, n, d/h) (qk separate/symmetric), projected values (b, h, n, d/h) "
+          "(vo separate), normalised inputs (b, n, d) (qk collapsed, vo collapsed/identity); cross-attention: "
+          "projected from the memory once, unprojected forms read the memory",
+    citation="Bermeitinger et al. 2024, arXiv 2410.13732 (Reducing the Transformer Architecture to a Minimum)",
 ))

@@ -278,6 +278,9 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
                               "loss": state.window_loss / max(state.window_units, 1), "lr": lr,
                               "tokens_per_s": state.window_tokens / max(seconds, 1e-9), "epoch": state.epoch,
                               "elapsed_s": time.perf_counter() - run_start}
+                    nfe = getattr(model, "function_evaluations", lambda: None)()
+                    if nfe is not None:  # scheme="adaptive": ODE field evaluations of the last training forward
+                        record["nfe"] = nfe
                     log.write(record)
                     progress.update(state.step, record["loss"], lr, record["tokens_per_s"])
                     state.tokens_seen += state.window_tokens
@@ -503,6 +506,11 @@ def _finish(result: RunResult, model: nn.Module, data: TaskData, cfg: TrainConfi
             "final_evaluation": evaluation,
             "device": str(device), "world_size": dist.world_size, "torch": torch.__version__,
         }
+        logged = result.run_dir / "metrics.jsonl"
+        nfe = [row["nfe"] for row in map(json.loads, logged.read_text().splitlines() if logged.is_file() else [])
+               if row.get("split") == "train" and "nfe" in row]
+        if nfe:  # scheme="adaptive": mean field evaluations per forward over the logged training steps
+            payload["mean_nfe"] = sum(nfe) / len(nfe)
         (result.run_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
         from transevolve.train.plots import plot_curves
 
