@@ -193,3 +193,20 @@ def test_decode_timing_is_a_median_of_interleaved_rounds() -> None:
     assert row["rounds"] == 3 and len(row["raw"]["cached"]) == len(row["raw"]["uncached"]) == 3
     assert sorted(row["raw"]["cached"])[1] == row["cached_seconds"] and row["same_tokens"]
     assert row["speedup"] == pytest.approx(row["uncached_seconds"] / row["cached_seconds"])
+
+
+def test_scheme_variants_in_the_line_up_and_adaptive_reports_its_nfe() -> None:
+    """Scheme variants are selectable by name; the adaptive one is timed with its measured NFE in the FLOPs."""
+    from transevolve.bench.flops import flops_per_token
+
+    names = ["transformer/rk2", "transformer/adaptive", "transevolve-full-1x2/shared"]
+    specs = model_specs(width=32, heads=1, depth=2, names=names)
+    assert [spec.config.scheme for spec in specs] == ["rk2", "adaptive", "sequential"]
+    assert specs[2].config.share_layers == 2
+    measurements = run_group(specs[:2], length=8, batch=2, rounds=1, warmup=1, log=lambda message: None)
+    rk2, adaptive = measurements
+    assert rk2.nfe is None and adaptive.nfe is not None and adaptive.nfe > 0
+    assert adaptive.flops_per_token == flops_per_token(specs[1].config, 8, "fast", nfe=adaptive.nfe)
+    assert adaptive.summary()["nfe"] == adaptive.nfe
+    with pytest.raises(ValueError, match="unknown model"):
+        model_specs(width=32, heads=1, depth=2, names=["transformer/rk3"])

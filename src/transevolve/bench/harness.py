@@ -73,6 +73,7 @@ SCHEME_VARIANTS: dict[str, dict[str, object]] = {
     "rk2_gated": {"scheme": "rk2_gated"},
     "rk4": {"scheme": "rk4"},
     "shared": {"share_layers": 0},           # 0: all layers of the block (the line-up's depth)
+    "adaptive": {"scheme": "adaptive"},      # dopri5 at the default tolerances; NFE measured and reported
 }
 
 
@@ -203,6 +204,7 @@ class Measurement:
     train_memory_mb: float | None = None
     infer_memory_mb: float | None = None
     skipped: str | None = None
+    nfe: int | None = None          # function evaluations per forward (adaptive scheme; FLOPs are counted with it)
 
     @property
     def tokens(self) -> int:
@@ -221,7 +223,7 @@ class Measurement:
         infer = statistics.median(self.infer_seconds) if self.infer_seconds else None
         return {
             "model": self.model, "length": self.length, "batch": self.batch, "parameters": self.parameters,
-            "flops_per_token": self.flops_per_token, "skipped": self.skipped,
+            "flops_per_token": self.flops_per_token, "skipped": self.skipped, "nfe": self.nfe,
             "train_step_seconds": train, "infer_seconds": infer,
             "train_tokens_per_second": self.tokens / train if train else None,
             "infer_tokens_per_second": self.tokens / infer if infer else None,
@@ -255,6 +257,10 @@ def run_group(specs: list[ModelSpec], length: int, batch: int, rounds: int, warm
         for _ in range(warmup):
             train_step()
             inference()
+        evaluations = getattr(model, "function_evaluations", lambda: None)()
+        if evaluations is not None:           # the adaptive scheme: its cost is set by the solver's NFE
+            measurement.nfe = evaluations
+            measurement.flops_per_token = flops_per_token(spec.config, length, path, nfe=evaluations)
         runners.append((measurement, train_step, inference))
     for phase in ("train", "infer"):
         if phase == "infer":
