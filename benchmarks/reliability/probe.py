@@ -1042,8 +1042,9 @@ def _preset_probe(task: str, variant: str) -> Callable[[Context, Path], Outcome]
     def run_preset(ctx: Context, work: Path) -> Outcome:
         preset = f"{task}/{variant}.yaml"
         overrides = ["train.max_steps=2", "train.eval_every=0", "train.eval_batches=2", "train.log_every=1",
-                     "train.beam_size=1"]
-        tried = f"torchrun --nproc_per_node=2 train {preset} (2 steps, eval_batches=2, beam_size=1)"
+                     "train.beam_size=1", "train.final_eval_max_examples=64", "train.bleu_max_sentences=16"]
+        tried = (f"torchrun --nproc_per_node=2 train {preset} (2 steps, eval_batches=2, beam_size=1, final evaluation "
+                 "on 64 examples)")
         missing = missing_data(task)
         if missing:
             return outcome(tried, "exit 0", f"data not fetched ({', '.join(missing)}): run `transevolve data fetch "
