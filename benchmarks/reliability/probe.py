@@ -508,6 +508,13 @@ def checkpoint_file(run_dir: Path, which: str = "best") -> Path:
     return path
 
 
+def train_run_file(ctx: Context, work: Path, name: str, text: str) -> Child:
+    """``train`` a run file written with ``text`` (a bad input) into ``work/run``."""
+    config = work / name
+    config.write_text(text)
+    return ctx.run(ctx.cli("train", config, "--run-dir", work / "run"), work, watch=started_training(work / "run"))
+
+
 @probe("bad-inputs/missing-config")
 def _missing_config(ctx: Context, work: Path) -> Outcome:
     child = ctx.run(ctx.cli("train", work / "nope.yaml", "--run-dir", work / "run"), work,
@@ -517,9 +524,7 @@ def _missing_config(ctx: Context, work: Path) -> Outcome:
 
 @probe("bad-inputs/unknown-train-key")
 def _unknown_train_key(ctx: Context, work: Path) -> Outcome:
-    config = work / "bad.yaml"
-    config.write_text("task: {name: max_digit}\ntrain: {max_stepz: 3}\n")
-    child = ctx.run(ctx.cli("train", config, "--run-dir", work / "run"), work, watch=started_training(work / "run"))
+    child = train_run_file(ctx, work, "bad.yaml", "task: {name: max_digit}\ntrain: {max_stepz: 3}\n")
     return expect_exit2(ctx, child, "train a file with train.max_stepz", ("max_stepz",))
 
 
@@ -532,25 +537,19 @@ def _unknown_task(ctx: Context, work: Path) -> Outcome:
 
 @probe("bad-inputs/empty-yaml")
 def _empty_yaml(ctx: Context, work: Path) -> Outcome:
-    config = work / "empty.yaml"
-    config.write_text("")
-    child = ctx.run(ctx.cli("train", config, "--run-dir", work / "run"), work, watch=started_training(work / "run"))
+    child = train_run_file(ctx, work, "empty.yaml", "")
     return expect_exit2(ctx, child, "train an empty YAML file")
 
 
 @probe("bad-inputs/no-sections")
 def _no_sections(ctx: Context, work: Path) -> Outcome:
-    config = work / "flat.yaml"
-    config.write_text("max_steps: 3\nwidth: 32\n")
-    child = ctx.run(ctx.cli("train", config, "--run-dir", work / "run"), work, watch=started_training(work / "run"))
+    child = train_run_file(ctx, work, "flat.yaml", "max_steps: 3\nwidth: 32\n")
     return expect_exit2(ctx, child, "train a YAML without task/model/train sections (max_steps: 3, width: 32)")
 
 
 @probe("bad-inputs/self-base")
 def _self_base(ctx: Context, work: Path) -> Outcome:
-    config = work / "loop.yaml"
-    config.write_text("base: loop.yaml\ntask: {name: max_digit}\n")
-    child = ctx.run(ctx.cli("train", config, "--run-dir", work / "run"), work, watch=started_training(work / "run"))
+    child = train_run_file(ctx, work, "loop.yaml", "base: loop.yaml\ntask: {name: max_digit}\n")
     return expect_exit2(ctx, child, "train loop.yaml whose base: is loop.yaml", ("loop.yaml",))
 
 

@@ -546,13 +546,6 @@ class BlockInteraction(nn.Module):
         """``(b, k, d)`` -> ``K`` ``(b, k, D)`` (heads are contiguous D/h slices)."""
         return self.dropout(self.key_proj(source))
 
-    def project_keys(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(b, k, d)`` -> key heads ``(b, h, k, D/h)`` and ``kappa (b, h, k, t)``."""
-        keys = self.dropout(self.key_proj(source))
-        b, n, big = keys.shape
-        key_time = torch.einsum("bkc,cht->bhkt", keys, self.query_time)
-        return keys.view(b, n, self.num_heads, big // self.num_heads).transpose(1, 2), key_time
-
     def block_state(self, query_source: torch.Tensor, key_source: torch.Tensor, masks: AttentionMasks,
                     impl_request: str, need_weights: bool,
                     plan: list[tuple[EvolvedAttention, float]] | None = None) -> BlockScores | FastScores:
@@ -680,10 +673,6 @@ class EvolvedAttention(nn.Module):
     def tau(self, t: float) -> torch.Tensor:
         """The time signal at ``t`` by head, ``tau(t)`` ``(h, t_dim)``."""
         return time_signal(self.time_amplitudes, t, self.time_period).view(self.num_heads, -1)
-
-    def key_bias(self, key_time: torch.Tensor, t: float) -> torch.Tensor:
-        """``beta(t) = kappa . tau(t)``: ``key_time (b, h, k, t_dim)`` -> ``(b, h, k)``."""
-        return torch.einsum("bhkt,ht->bhk", key_time, self.tau(t))
 
     def bias_mixing(self, time_weight: torch.Tensor, t: float) -> torch.Tensor:
         """``P_Q . tau(t)``: ``time_weight (D, h, t_dim)`` -> ``(D, h)``, so that ``beta(t) = K (P_Q . tau(t))``."""

@@ -31,7 +31,7 @@ from transevolve.train.config import RunConfig, TrainConfig
 from transevolve.train.evaluation import evaluate
 from transevolve.train.objectives import forward_loss, loss_units
 from transevolve.train.progress import Progress
-from transevolve.train.state import CheckpointStore, TrainerState, _read_step, load_training_checkpoint
+from transevolve.train.state import CheckpointStore, TrainerState, load_training_checkpoint
 
 MODEL_KIND = {"classification": "classifier", "seq2seq": "encoder_decoder", "language_modeling": "decoder"}
 HEADLINE = {"classification": "accuracy", "seq2seq": "token_accuracy", "language_modeling": "token_accuracy"}
@@ -307,7 +307,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
                               f"transevolve train --resume {run_dir}")
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, mid-step; the checkpoint on disk is untouched
         interrupted = True
-        last = f"step {_read_step(store.path('last'))}" if store.has("last") else "none yet"
+        last = f"step {store.step('last')}" if store.has("last") else "none yet"
         progress.note(f"stopped at once; the last checkpoint ({last}) is intact. Resume with: "
                       f"transevolve train --resume {run_dir}")
     finally:

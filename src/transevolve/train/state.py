@@ -96,10 +96,6 @@ def _read_step(directory: Path, key: str = "step") -> int | None:
         return None
 
 
-def _read_best_step(directory: Path) -> int | None:
-    return _read_step(directory, "best_step")
-
-
 class CheckpointStore:
     """The checkpoints of one run: save (crash-safe), recover after a crash, load ``last`` or ``best``."""
 
@@ -112,6 +108,10 @@ class CheckpointStore:
 
     def has(self, name: str) -> bool:
         return is_complete(self.path(name))
+
+    def step(self, name: str) -> int | None:
+        """The step of checkpoint ``name`` (None when there is none or it is unreadable)."""
+        return _read_step(self.path(name))
 
     # -- saving -------------------------------------------------------------------------------------------
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState,
@@ -229,7 +229,7 @@ class CheckpointStore:
         if not (last.is_symlink() and last.resolve() == newest.resolve()):
             notes.append(f"last -> {newest.name}")
             self._link("last", newest)
-        best_step = _read_best_step(newest)
+        best_step = _read_step(newest, "best_step")
         best = candidates.get(best_step) if best_step is not None else None
         if best is not None and not (self.path("best").is_symlink() and self.path("best").resolve() == best.resolve()):
             notes.append(f"best -> {best.name}")
@@ -241,13 +241,6 @@ class CheckpointStore:
     def load(self, name: str, model: nn.Module, optimizer: torch.optim.Optimizer | None, rank: int = 0,
              world_size: int = 1) -> TrainerState:
         return load_training_checkpoint(self.path(name), model, optimizer, rank, world_size)
-
-
-def save_training_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                             state: TrainerState) -> None:
-    """Save into ``directory``'s parent store under the link named ``directory.name`` (``last`` or ``best``)."""
-    directory = Path(directory)
-    CheckpointStore(directory.parent).save(model, optimizer, state, (directory.name,))
 
 
 def load_training_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
