@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transevolve.modules.dense import linear
+
 
 def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
     """``(length, width)`` float32 table with concatenated sin and cos halves."""
@@ -57,4 +59,4 @@ class TiedEmbedding(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(b, n, d)`` -> ``(b, n, V)``: no bias, no scaling."""
-        return hidden @ self.weight.t()
+        return linear(hidden, self.weight)

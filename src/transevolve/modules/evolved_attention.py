@@ -59,6 +59,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from transevolve.config import ModelConfig
 from transevolve.modules.cache import CacheStore, StepContext, append_cache
+from transevolve.modules.dense import Linear
 from transevolve.modules.heads import merge_heads, split_heads
 from transevolve.modules.init import glorot_uniform_
 from transevolve.modules.masks import BLOCKED_SCORE, AttentionMasks, fully_blocked_rows, visible_keys
@@ -498,8 +499,8 @@ class BlockInteraction(nn.Module):
         d, h, t, big = config.width, config.num_heads, config.time_dim, config.score_width
         self.num_heads = h
         self.official = config.fidelity == "official"
-        self.query_proj = nn.Linear(d, big, bias=False)
-        self.key_proj = nn.Linear(d, big, bias=False)
+        self.query_proj = Linear(d, big, bias=False)
+        self.key_proj = Linear(d, big, bias=False)
         self.query_time = nn.Parameter(torch.empty(big, h, t))
         # The official W_Q/W_K are (D, D) matrices initialised as a whole.
         for weight in (self.query_proj.weight, self.key_proj.weight, self.query_time):
@@ -666,7 +667,7 @@ class EvolvedAttention(nn.Module):
         limit = math.sqrt(6.0 / d)
         self.time_amplitudes = nn.Parameter(torch.empty(d).uniform_(-limit, limit))
         self.value_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.output_proj = nn.Linear(d, d, bias=False)
+        self.output_proj = Linear(d, d, bias=False)
         glorot_uniform_(self.output_proj.weight, d, d)
         self.dropout = nn.Dropout(config.dropout)
 

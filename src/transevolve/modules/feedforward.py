@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from transevolve.config import ModelConfig
+from transevolve.modules.dense import linear
 from transevolve.modules.init import dense
 
 
@@ -98,7 +99,7 @@ class TemporalProjection(nn.Module):
 
     def forward(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """``(..., in)`` at time ``t`` -> ``(..., out)``."""
-        return x @ self.weight(t).to(x.dtype) + self.bias
+        return linear(x, self.weight(t).to(x.dtype).t(), self.bias)
 
 
 def _relu(hidden: torch.Tensor) -> torch.Tensor:

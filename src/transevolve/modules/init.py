@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from transevolve.modules.dense import Linear
+
 
 def glorot_uniform_(weight: torch.Tensor, fan_in: int, fan_out: int) -> torch.Tensor:
     """Keras' default initializer: U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
@@ -15,9 +17,10 @@ def glorot_uniform_(weight: torch.Tensor, fan_in: int, fan_out: int) -> torch.Te
         return weight.uniform_(-limit, limit)
 
 
-def dense(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
-    """A Linear layer with Keras initialisation (Glorot-uniform weight, zero bias)."""
-    layer = nn.Linear(in_features, out_features, bias=bias)
+def dense(in_features: int, out_features: int, bias: bool = True) -> Linear:
+    """A Linear layer with Keras initialisation (Glorot-uniform weight, zero bias), products through
+    :func:`transevolve.modules.dense.linear`."""
+    layer = Linear(in_features, out_features, bias=bias)
     glorot_uniform_(layer.weight, in_features, out_features)
     if bias:
         nn.init.zeros_(layer.bias)

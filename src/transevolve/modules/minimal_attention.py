@@ -49,6 +49,7 @@ from torch import nn
 
 from transevolve.config import ModelConfig
 from transevolve.modules.cache import StepContext, append_cache
+from transevolve.modules.dense import linear
 from transevolve.modules.heads import merge_heads, split_heads
 from transevolve.modules.init import dense
 from transevolve.modules.masks import AttentionMasks
@@ -151,7 +152,7 @@ class MinimalAttention(nn.Module):
 
     def _symmetric(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, n, d)`` -> ``x T + c`` as heads ``(b, h, n, d_h)`` (the ``symmetric`` queries, and keys)."""
-        return split_heads(F.linear(x, self.symmetric_weight(), self.qk_bias), self.num_heads)
+        return split_heads(linear(x, self.symmetric_weight(), self.qk_bias), self.num_heads)
 
     def _queries(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised queries ``(b, m, d)`` -> query heads ``(b, h, m, e)``: ``e = d_h`` (``collapsed``: ``d``)."""

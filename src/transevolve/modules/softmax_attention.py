@@ -17,6 +17,7 @@ from torch import nn
 
 from transevolve.config import ModelConfig
 from transevolve.modules.cache import StepContext, append_cache
+from transevolve.modules.dense import linear
 from transevolve.modules.heads import merge_heads, split_heads
 from transevolve.modules.init import dense
 from transevolve.modules.masks import AttentionMasks
@@ -47,7 +48,7 @@ class SoftmaxAttention(nn.Module):
         """Several projections of the same input as one matmul (weights concatenated)."""
         weight = torch.cat([layer.weight for layer in layers])
         bias = torch.cat([layer.bias for layer in layers])
-        return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
+        return linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return split_heads(x, self.num_heads)                                          # (b, h, n, d/h)

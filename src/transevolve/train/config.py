@@ -22,6 +22,7 @@ import yaml
 
 from transevolve.config import ModelConfig
 from transevolve.errors import ConfigError
+from transevolve.modules.dense import DENSE_BACKENDS
 
 Optimizer = Literal["adamw", "adam"]
 Schedule = Literal["noam", "cosine", "constant"]
@@ -48,6 +49,8 @@ class TrainConfig:
         clip_norm: gradient clipping by global norm; 0 = off.
         label_smoothing: for classification and sequence losses.
         precision: ``fp32`` or ``bf16`` (autocast; on CPU too).
+        dense_backend: ``auto``, ``aten`` or ``onednn``: the backend of float32 dense products
+            (:mod:`transevolve.modules.dense`); an execution choice, equal results within float32 rounding.
         eval_every: steps between evaluations on the validation split (0 = only at the end).
         eval_batches: cap on validation batches per evaluation (0 = the whole split).
         log_every: steps between metric log lines.
@@ -81,6 +84,7 @@ class TrainConfig:
     clip_norm: float = 1.0
     label_smoothing: float = 0.0
     precision: Precision = "fp32"
+    dense_backend: str = "auto"
     eval_every: int = 200
     eval_batches: int = 0
     log_every: int = 20
@@ -107,6 +111,8 @@ class TrainConfig:
         for name, literal in (("optimizer", Optimizer), ("schedule", Schedule), ("precision", Precision)):
             if getattr(self, name) not in get_args(literal):
                 errors.append(f"{name}={getattr(self, name)!r} is not one of {list(get_args(literal))}")
+        if self.dense_backend not in DENSE_BACKENDS:
+            errors.append(f"dense_backend={self.dense_backend!r} is not one of {list(DENSE_BACKENDS)}")
         if not self.learning_rate > 0:
             errors.append(f"learning_rate={self.learning_rate} must be positive")
         if not 0 <= self.label_smoothing < 1:

@@ -23,7 +23,9 @@ import yaml
 from torch import nn
 
 from transevolve.config import ModelConfig
+from transevolve.errors import ConfigError
 from transevolve.models import build_model
+from transevolve.modules.dense import set_dense_backend
 from transevolve.params import count_parameters
 from transevolve.tasks import TaskData, collate, get_task
 from transevolve.train.batching import epoch_batches, shard, token_budget_batches
@@ -199,6 +201,10 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
         progress.note(f"resuming {run_dir} at step {state.step}" if resume_from_checkpoint else
                       f"{run_dir} stopped before its first checkpoint: starting it again from step 0")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    try:
+        set_dense_backend(cfg.dense_backend)
+    except ValueError as error:
+        raise ConfigError(f"train.{error}") from None
     dataset = data.splits["train"]
     batches = _global_batches(data, cfg, state.epoch)
     interrupted, saved_step = False, state.step if resume_from_checkpoint else -1
