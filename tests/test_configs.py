@@ -13,7 +13,8 @@ from transevolve.train.config import load_run_config
 from transevolve.train.loop import MODEL_KIND
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "src" / "transevolve" / "configs"
-RUN_FILES = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if p.parent.name != "compare" and p.name != "base.yaml")
+RUN_FILES = sorted(p for p in CONFIG_ROOT.rglob("*.yaml")
+                   if p.parent.name not in ("compare", "study") and p.name != "base.yaml")
 COMPARE_FILES = sorted((CONFIG_ROOT / "compare").glob("*.yaml"))
 
 

@@ -26,10 +26,13 @@ from typing import Any, Literal, get_args
 
 ModelKind = Literal["encoder_decoder", "encoder", "classifier", "decoder"]
 #: Registered attention mechanisms (:mod:`transevolve.modules.registry`); the built-in ones:
-AttentionKind = str   # "evolved" | "softmax" | ... (any registered name)
+AttentionKind = str   # "evolved" | "softmax" | "minimal" | "sparse" | "linear" | ... (any registered name)
 FeedForwardKind = Literal["full", "random", "none"]
 QKForm = Literal["separate", "collapsed", "symmetric"]
 VOForm = Literal["separate", "collapsed", "identity"]
+SparsePattern = Literal["strided", "fixed"]
+SparseCombine = Literal["merged", "interleaved", "heads"]
+LinearFeatureMap = Literal["elu", "relu"]
 Fidelity = Literal["official", "lean"]
 Pooling = Literal["mean", "masked_mean"]
 AttentionImpl = Literal["reference", "factorised", "low_memory", "auto"]
@@ -57,8 +60,12 @@ class ModelConfig:
         layers_per_block: L, the layers that share one block-level interaction (TransEvolve). For the
             softmax Transformer a block is simply L layers followed by a LayerNorm.
         num_blocks: N blocks per stack; total depth is N * L.
-        attention: ``evolved`` (TransEvolve), ``softmax`` (standard Transformer) or ``minimal`` (softmax attention
-            with the reductions of Bermeitinger et al. 2024, arXiv 2410.13732, chosen by ``qk_form`` and ``vo_form``).
+        attention: ``evolved`` (TransEvolve), ``softmax`` (standard Transformer), ``minimal`` (softmax attention
+            with the reductions of Bermeitinger et al. 2024, arXiv 2410.13732, chosen by ``qk_form`` and ``vo_form``),
+            ``sparse`` (Sparse Transformer, Child et al. 2019, arXiv 1904.10509: softmax attention restricted to a
+            strided or fixed pattern, chosen by the ``sparse_*`` fields; :mod:`transevolve.modules.sparse_attention`)
+            or ``linear`` (Linear Transformer, Katharopoulos et al. 2020, arXiv 2006.16236: kernel attention
+            ``phi(q) . phi(k)`` with prefix sums when causal; :mod:`transevolve.modules.linear_attention`).
         ff_type: ``full`` (learned), ``random`` (TransEvolve-randomFF) or ``none`` (no feed-forward: the layer's
             feed-forward field is zero and has no parameters; ``ff_multiplier`` is then unused).
         ff_multiplier: inner feed-forward width is ``ff_multiplier * width`` (official: 4).
@@ -90,6 +97,20 @@ class ModelConfig:
         vo_form: ``attention="minimal"`` only: the value-output form, ``separate`` (``W_V``, ``W_O``),
             ``collapsed`` (one (d, d) ``W_VO`` per head, the heads summed, one output bias) or ``identity`` (no
             ``W_V``, ``W_O``: each head mixes its slice of the normalised inputs, a convex combination).
+        sparse_pattern: ``attention="sparse"`` only (as are all ``sparse_*`` fields): ``strided`` (the previous
+            ``sparse_block_size`` positions and every ``sparse_block_size``-th position back) or ``fixed`` (the
+            query's block of ``sparse_block_size`` positions and the last ``sparse_summary`` positions of every
+            block). Causal in decoders, both directions in encoders; exact sets in
+            :mod:`transevolve.modules.sparse_attention`. Cross-attention is dense softmax over the memory.
+        sparse_block_size: l, the stride / block length (about ``sqrt(n)`` for sequences of length n).
+        sparse_summary: c, the summary positions at the end of every block (``sparse_pattern="fixed"`` only;
+            ``1 <= c <= l``).
+        sparse_combine: how the two sets of a pattern are combined: ``merged`` (their union, every head and layer;
+            default), ``heads`` (the first ``ceil(h/2)`` heads attend to the first set, the others to the second)
+            or ``interleaved`` (the distinct layers of a block alternate: even ones the first set, odd ones the
+            second).
+        linear_feature_map: ``attention="linear"`` only: the positive feature map ``phi`` applied to queries and
+            keys per head: ``elu`` (``elu(x) + 1``, the paper's) or ``relu`` (``max(x, 0)``).
         ode_method: ``scheme="adaptive"`` only (as are all ``ode_*`` fields): the ``torchdiffeq`` method that
             integrates each block, ``dx/dt = A_j(x, t) + C_j(x, t) + F_j(x, t)`` on ``[0, T]`` with ``j = min(floor(t
             / share_layers), L / share_layers - 1)``. Adaptive: ``dopri5`` (default), ``dopri8``, ``bosh3``,
@@ -115,7 +136,10 @@ class ModelConfig:
             agree with ``reference`` to float rounding (and rescue rows whose factorised denominator would
             underflow), and fall back to ``reference`` when intermediates are requested or autocast is on.
             Softmax attention always uses fused attention (its explicit path when weights are requested) whatever
-            this says.
+            this says. Sparse and linear attention: ``reference`` computes the explicit n x n logits (kernel
+            matrix) with the pattern (causal) mask; every other value selects their fast path, which never forms an
+            n x n tensor (sparse: the pattern's blocks only; linear: global or chunked prefix sums); both fall back
+            to ``reference`` when attention weights are requested.
         ode_adjoint: ``scheme="adaptive"``: backpropagate with ``torchdiffeq.odeint_adjoint`` (memory independent
             of the number of steps; the field is solved again backwards in time) instead of through the solver's
             operations. An execution choice, left out of equality. Evolved attention then uses its ``reference``
@@ -145,6 +169,11 @@ class ModelConfig:
     macaron_half_width: bool = False
     qk_form: QKForm = "separate"
     vo_form: VOForm = "separate"
+    sparse_pattern: SparsePattern = "strided"
+    sparse_block_size: int = 32
+    sparse_summary: int = 4
+    sparse_combine: SparseCombine = "merged"
+    linear_feature_map: LinearFeatureMap = "elu"
     ode_method: str = "dopri5"
     ode_rtol: float = 1e-3
     ode_atol: float = 1e-4
@@ -168,6 +197,9 @@ class ModelConfig:
             ("ff_type", FeedForwardKind),
             ("qk_form", QKForm),
             ("vo_form", VOForm),
+            ("sparse_pattern", SparsePattern),
+            ("sparse_combine", SparseCombine),
+            ("linear_feature_map", LinearFeatureMap),
             ("fidelity", Fidelity),
             ("pooling", Pooling),
             ("attention_impl", AttentionImpl),
@@ -183,7 +215,7 @@ class ModelConfig:
         if self.scheme not in SCHEMES:
             errors.append(f"scheme={self.scheme!r} is not one of the registered schemes {sorted(SCHEMES)}")
         for name in ("vocab_size", "width", "num_heads", "layers_per_block", "num_blocks", "ff_multiplier",
-                     "max_length", "time_dim", "share_layers"):
+                     "max_length", "time_dim", "share_layers", "sparse_block_size", "sparse_summary"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 errors.append(f"{name}={value!r} must be a positive integer")
@@ -237,6 +269,7 @@ class ModelConfig:
         if self.attention != "minimal" and (self.qk_form, self.vo_form) != ("separate", "separate"):
             errors.append(f"qk_form={self.qk_form!r} and vo_form={self.vo_form!r} choose the projections of "
                           f"attention='minimal' only (attention is {self.attention!r}); leave them 'separate'")
+        errors.extend(self._sparse_linear_errors())
         if self.ff_type == "none" and self.scheme == "macaron":
             errors.append("ff_type='none' with scheme='macaron': Macaron splits the feed-forward into two half steps "
                           "around attention; without a feed-forward it is exactly scheme='sequential' (use that)")
@@ -246,6 +279,34 @@ class ModelConfig:
         errors.extend(self._ode_errors())
         if self.kind != "classifier" and self.pooling != "mean":
             errors.append(f"pooling={self.pooling!r} is only meaningful for kind='classifier'")
+        return errors
+
+    def _sparse_linear_errors(self) -> list[str]:
+        """The ``sparse_*`` and ``linear_*`` fields: only with their attention, and consistent with the model."""
+        errors: list[str] = []
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for mechanism, prefix in (("sparse", "sparse_"), ("linear", "linear_")):
+            changed = [name for name in defaults if name.startswith(prefix) and getattr(self, name) != defaults[name]]
+            if self.attention != mechanism and changed:
+                settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in changed)
+                errors.append(f"{settings}: the {prefix}* fields configure attention={mechanism!r} only (attention "
+                              f"is {self.attention!r}); leave them at their defaults")
+        if self.attention != "sparse":
+            return errors
+        if self.sparse_pattern == "fixed" and self.sparse_summary > self.sparse_block_size:
+            errors.append(f"sparse_summary={self.sparse_summary} must be at most sparse_block_size="
+                          f"{self.sparse_block_size}: the summary is the last c positions of every block of l")
+        if self.sparse_pattern == "strided" and self.sparse_summary != defaults["sparse_summary"]:
+            errors.append(f"sparse_summary={self.sparse_summary} is read by sparse_pattern='fixed' only (the strided "
+                          f"pattern has no summary positions); leave it at {defaults['sparse_summary']}")
+        if self.sparse_combine == "heads" and self.num_heads < 2:
+            errors.append("sparse_combine='heads' splits the heads between the pattern's two sets and needs "
+                          f"num_heads >= 2 (got {self.num_heads}); use 'merged'")
+        distinct = self.layers_per_block // self.share_layers
+        if self.sparse_combine == "interleaved" and distinct < 2:
+            errors.append("sparse_combine='interleaved' alternates the pattern's two sets over the distinct layers "
+                          f"of a block and needs layers_per_block / share_layers >= 2 (got {self.layers_per_block} / "
+                          f"{self.share_layers}); use 'merged' or 'heads'")
         return errors
 
     def _ode_errors(self) -> list[str]:

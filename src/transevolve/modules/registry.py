@@ -169,3 +169,53 @@ register_attention(AttentionSpec(
           "projected from the memory once, unprojected forms read the memory",
     citation="Bermeitinger et al. 2024, arXiv 2410.13732 (Reducing the Transformer Architecture to a Minimum)",
 ))
+
+
+# -- sparse (Sparse Transformer: strided / fixed patterns) -----------------------------------------------------
+def _sparse_layer(config: ModelConfig, cross: bool, times: tuple[float, ...]) -> nn.Module:
+    from transevolve.modules.softmax_attention import SoftmaxAttention
+    from transevolve.modules.sparse_attention import SparseAttention
+
+    # Cross-attention is dense softmax over the memory: the patterns are defined on one sequence's positions.
+    return SoftmaxAttention(config, cross=True) if cross else SparseAttention(config, times)
+
+
+def _sparse_macs(c: ModelConfig, n: int, path: Path) -> Costs:
+    from transevolve.modules.sparse_attention import macs
+
+    return macs(c, n, path)
+
+
+register_attention(AttentionSpec(
+    name="sparse",
+    layer=_sparse_layer,
+    layer_parameters=lambda c, cross: 4 * (c.width * c.width + c.width) + _norm(c),   # Q, K, V, O + pre-LN
+    layer_macs=_sparse_macs,                        # fast: ~ (l + n / l) keys per query (strided), see sparse_attention
+    cache="keys and values per layer (b, h, n, d/h), each step reads only its pattern's positions; cross-attention "
+          "(dense softmax): projected from the memory once",
+    citation="Child et al. 2019, arXiv 1904.10509 (Generating Long Sequences with Sparse Transformers)",
+))
+
+
+# -- linear (Linear Transformer: elu + 1 feature map, prefix sums) ---------------------------------------------
+def _linear_layer(config: ModelConfig, cross: bool, times: tuple[float, ...]) -> nn.Module:
+    from transevolve.modules.linear_attention import LinearAttention
+
+    return LinearAttention(config, cross=cross)
+
+
+def _linear_macs(c: ModelConfig, n: int, path: Path) -> Costs:
+    from transevolve.modules.linear_attention import macs
+
+    return macs(c, n, path)
+
+
+register_attention(AttentionSpec(
+    name="linear",
+    layer=_linear_layer,
+    layer_parameters=lambda c, cross: 4 * (c.width * c.width + c.width) + _norm(c),   # Q, K, V, O + pre-LN
+    layer_macs=_linear_macs,                        # fast: ~ 2 d (d/h) per token instead of 2 n d
+    cache="per layer: the recurrent state S (b, h, d/h, d/h) and normaliser Z (b, h, d/h), constant in the length; "
+          "cross-attention: S and Z of the memory, once",
+    citation="Katharopoulos et al. 2020, arXiv 2006.16236 (Transformers are RNNs)",
+))
