@@ -16,15 +16,24 @@ from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
 from transevolve import ModelConfig, build_model
+from transevolve.bench import harness
 from transevolve.bench.cli import app
 from transevolve.bench.decode import decode_specs, run_decode
 from transevolve.bench.flops import flop_breakdown, flops_per_token
-from transevolve.bench.harness import Measurement, build, measure_memory, model_specs, run_group
-from transevolve.bench.report import markdown, plot, slope, targets, write
-from transevolve.bench.suite import preset
+from transevolve.bench.harness import Measurement, build, make_cases, measure_memory, model_specs, run_group
+from transevolve.bench.report import OFFICIAL_TF_VS_X, markdown, plot, slope, targets, targets_issue15, write
+from transevolve.bench.split import CATEGORIES, category, classify, profile_split
+from transevolve.bench.suite import ISSUE15_MODELS, preset
+from transevolve.modules import dense
 
 SHAPE = {"vocab_size": 64, "width": 64, "num_heads": 2, "time_dim": 32, "ff_multiplier": 4, "dropout": 0.0,
          "max_length": 256}
+
+
+@pytest.fixture(autouse=True)
+def small_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """256^3 peak probes instead of 2048^3: the harness's plumbing is under test here, not the machine."""
+    monkeypatch.setattr(harness, "PROBE_SIZE", 256)
 
 
 def test_issue_flop_ratios() -> None:
@@ -104,10 +113,16 @@ def test_run_group_and_summary() -> None:
     measurements = run_group(specs, length=32, batch=2, rounds=2, warmup=1, log=lambda message: None)
     assert [m.model for m in measurements] == [s.name for s in specs]
     assert measurements[2].skipped and not measurements[2].train_seconds
+    probes = {"fp32_aten", "bf16"} | ({"fp32_onednn"} if dense.onednn_available() else set())
     for measurement in measurements[:2]:
         summary = measurement.summary()
         assert summary["rounds"] == 2 and summary["train_tokens_per_second"] > 0
         assert summary["train_mfu"] > 0 and summary["infer_tokens_per_second"] > 0
+        assert summary["precision"] == "fp32" and summary["train_mfu_precision"] == summary["train_mfu"]
+        assert set(summary["raw"]["peaks"]) == probes | {"fp32_fastest"}
+        assert all(len(values) == 4 for values in summary["raw"]["peaks"].values())      # 2 train + 2 infer
+        fastest = max(summary["peaks_gflops"][name] for name in probes if name.startswith("fp32"))
+        assert summary["peaks_gflops"]["fp32_fastest"] >= fastest * 0.999 and summary["train_split"] is None
 
 
 def test_memory_subprocess_reports_a_peak() -> None:
@@ -122,7 +137,8 @@ def test_slope_and_reports(tmp_path: Path) -> None:
     rows = []
     for model in ("transformer", "transevolve-full-1x6/factorised", "transevolve-full-1x6/reference"):
         for length in (512, 2048):
-            m = Measurement(model, length, 2, 100, 1e6, [0.5 * length / 512], [0.1 * length / 512], [1e11])
+            m = Measurement(model, length, 2, 100, 1e6, [0.5 * length / 512], [0.1 * length / 512],
+                            train_peaks={"fp32_aten": [1e11]})
             m.train_memory_mb, m.infer_memory_mb = 10.0, 2.0
             rows.append(m.summary())
     config = tiny_config(kind="classifier", width=256, num_heads=4, time_dim=64, layers_per_block=6,
@@ -140,6 +156,7 @@ def test_slope_and_reports(tmp_path: Path) -> None:
     assert checks["low-memory TransEvolve / Transformer peak train memory at n=4096"]["met"] is None
     text = markdown(results, "transevolve bench --test")
     assert "transevolve bench --test" in text and "| 2048 | 2 | transformer |" in text
+    assert "## Targets (issue #15)" in text and "not measured" in text
     assert plot(results, tmp_path / "plot.png") is not None
     paths = write(results, tmp_path / "out", "bench-test", "cmd")
     assert [p.suffix for p in paths] == [".json", ".md", ".png"]
@@ -152,6 +169,135 @@ def test_presets() -> None:
     assert full.decode_tokens == 256 and full.mfu
     with pytest.raises(ValueError):
         preset("slow")
+
+
+def test_issue15_preset_is_the_issue_shape() -> None:
+    """Encoder classifier, width 256, 4 heads, FF 1024, 6 layers, batch 4, n = 512 and 2048, the four models in
+    fp32 and bf16, both dense backends, and the low-memory inference memory at n = 4096."""
+    options = preset("issue15")
+    assert (options.width, options.heads, options.depth) == (256, 4, 6)
+    assert options.lengths == [512, 2048] and options.batch(512) == options.batch(2048) == 4
+    assert options.models == ISSUE15_MODELS and options.precisions == ["fp32", "bf16"]
+    assert options.dense_backends == ["aten", "onednn"] and options.split_lengths == [512, 2048]
+    assert options.memory_lengths == [4096] and options.memory_modes == ("infer",)
+    assert "transevolve-full-1x6/low_memory" in (options.memory_models or [])
+    specs = {spec.name: spec for spec in model_specs(options.width, options.heads, options.depth,
+                                                     [*options.models, *(options.memory_models or [])])}
+    for spec in specs.values():
+        config = spec.config
+        assert config.kind == "classifier" and config.width == 256 and config.num_heads == 4
+        assert config.depth == 6 and config.width * config.ff_multiplier == 1024
+    assert specs["transevolve-full-1x6"].config.attention_impl == "auto"
+    assert specs["transevolve-full-1x6"].config.num_blocks == 1
+    assert specs["transevolve-random-1x6"].config.ff_type == "random"
+
+
+def test_cases_labels_and_backends() -> None:
+    specs = model_specs(width=32, heads=1, depth=2, names=["x-transformers", "transformer"])
+    cases = make_cases(specs, ["fp32", "bf16"], ["aten", "onednn"] if dense.onednn_available() else ["aten"])
+    labels = [case.name for case in cases]
+    if dense.onednn_available():
+        assert labels == ["x-transformers@fp32", "x-transformers@bf16", "transformer@fp32+aten",
+                          "transformer@fp32+onednn", "transformer@bf16"]
+    assert all(case.dense_backend == "aten" for case in cases if case.precision == "bf16")
+    single = make_cases(specs[1:], ["fp32"], ["auto", dense.resolve_dense_backend("auto")])
+    assert [(c.name, c.dense_backend) for c in single] == [("transformer", dense.resolve_dense_backend("auto"))]
+    assert [c.name for c in make_cases(specs[1:], ["bf16"], ["aten"])] == ["transformer@bf16"]
+    with pytest.raises(ValueError, match="precision"):
+        make_cases(specs, ["fp8"])
+    with pytest.raises(ValueError, match="dense backend"):
+        make_cases(specs, ["fp32"], ["blas"])
+
+
+class _Event:
+    def __init__(self, name: str, microseconds: float, parent: _Event | None = None) -> None:
+        self.name, self.self_cpu_time_total, self.cpu_parent = name, microseconds, parent
+
+
+def test_split_classification_rules() -> None:
+    """Product kernels count with their children, dispatchers only by their own time; the optimizer and the fused
+    attention kernels take everything under them."""
+    matmul = _Event("aten::matmul", 5)
+    linear_pointwise = _Event("mkldnn::_linear_pointwise", 100)
+    flash = _Event("aten::_scaled_dot_product_flash_attention_for_cpu_backward", 300)
+    step = _Event("Optimizer.step#Adam.step", 7)
+    events = [matmul, _Event("aten::clone", 11, matmul), _Event("aten::bmm", 200, matmul),
+              _Event("aten::empty", 3, _Event("aten::mm", 50)), linear_pointwise,
+              _Event("aten::empty", 1, linear_pointwise), flash, _Event("aten::zeros", 9, flash), step,
+              _Event("aten::addcmul_", 40, step), _Event("aten::mm", 2, step), _Event("aten::softmax", 30),
+              _Event("aten::_weight_int8pack_mm", 4), _Event("aten::_to_copy", 6)]
+    assert [category(event) for event in events] == [
+        "products", "rest", "products", "products", "products", "products", "attention_kernels",
+        "attention_kernels", "optimizer", "optimizer", "optimizer", "rest", "products", "rest"]
+    seconds = classify(events)
+    assert set(seconds) == set(CATEGORIES)
+    assert seconds["products"] == pytest.approx((5 + 200 + 3 + 100 + 1 + 4) / 1e6)
+    assert seconds["optimizer"] == pytest.approx(49 / 1e6) and seconds["rest"] == pytest.approx(47 / 1e6)
+
+
+def test_profiled_step_split_on_a_tiny_model() -> None:
+    """A real training step of a tiny Transformer: every category shows up and the shares add up to 1."""
+    spec = model_specs(width=64, heads=2, depth=2, names=["transformer"])[0]
+    torch.manual_seed(0)
+    model = build(spec)
+    ids, labels = harness.make_batch(spec, 2, 32)
+    train_step, _ = harness.step_functions(model, ids, labels)
+    train_step()
+    split = profile_split(train_step)
+    shares, seconds = split["fractions"], split["seconds"]
+    assert set(shares) == set(CATEGORIES) and sum(shares.values()) == pytest.approx(1.0)
+    assert all(seconds[name] > 0 for name in CATEGORIES), seconds
+    assert seconds["profiled_step"] > 0
+
+
+def _synthetic_row(model: str, length: int, train: float | None, infer: float | None, precision: str = "fp32",
+                   backend: str = "aten", mfu: float | None = None) -> dict[str, object]:
+    suffix = f"@{precision}" + (f"+{backend}" if precision == "fp32" and model != "x-transformers" else "")
+    return {"model": model + suffix, "base_model": model, "length": length, "batch": 4, "precision": precision,
+            "dense_backend": backend, "skipped": None, "train_tokens_per_second": train,
+            "infer_tokens_per_second": infer, "train_mfu": mfu, "train_memory_mb": None, "infer_memory_mb": None}
+
+
+def test_issue15_targets_from_a_synthetic_json() -> None:
+    te = "transevolve-full-1x6"
+    rows = []
+    for length in (512, 2048):
+        rows.append(_synthetic_row("x-transformers", length, 1000.0, 3000.0))
+        rows.append(_synthetic_row("transformer", length, 1400.0, 4000.0, "fp32", "aten", 0.5))
+        rows.append(_synthetic_row("transformer", length, 1600.0, 4200.0, "fp32", "onednn", 0.62))
+        rows.append(_synthetic_row("transformer", length, 3300.0, 9000.0, "bf16"))
+        rows.append(_synthetic_row(te, length, 1800.0, 5000.0, "fp32", "onednn", 0.7))
+    rows.append(_synthetic_row(te, 512, 2600.0, 8000.0, "bf16"))              # no TransEvolve bf16 at n=2048
+    results = {"throughput": rows, "memory": [{"model": "transformer", "base_model": "transformer", "length": 4096,
+                                               "batch": 4, "dense_backend": "aten", "infer_memory_mb": 100.0}]}
+    checks = {row["target"]: row for row in targets_issue15(results)}
+    train512 = checks["TransEvolve-fullFF 1x6 training vs x-transformers, n=512"]
+    assert train512["measured"] == pytest.approx(2.6) and train512["met"] is True
+    assert train512["vs_official_tf"] == pytest.approx(2.6 / OFFICIAL_TF_VS_X[("train", 512)])
+    assert "bf16" in train512["note"] and "1.80x" in train512["note"]           # fp32 vs fp32 in the note
+    train2048 = checks["TransEvolve-fullFF 1x6 training vs x-transformers, n=2048"]
+    assert train2048["measured"] == pytest.approx(1.8) and train2048["met"] is False
+    assert checks["our Transformer training vs x-transformers (fp32), n=512"]["measured"] == pytest.approx(1.6)
+    assert checks["training MFU vs the fastest fp32 product, Transformer, n=512"]["measured"] == pytest.approx(0.62)
+    assert checks["training MFU vs the fastest fp32 product, TransEvolve-fullFF 1x6, n=2048"]["met"] is True
+    assert checks["bf16 training vs own fp32, Transformer, n=512"]["measured"] == pytest.approx(3300 / 1600)
+    missing = checks["bf16 training vs own fp32, TransEvolve-fullFF 1x6, n=2048"]
+    assert missing["measured"] is None and missing["met"] is None
+    assert checks["TransEvolve-fullFF 1x6 inference vs our Transformer (fp32), n=2048"]["measured"] == \
+        pytest.approx(5000 / 4200)
+    memory = checks["low-memory TransEvolve / Transformer peak inference memory, n=4096"]
+    assert memory["met"] is None                                                  # no low-memory row
+    results["memory"].append({"model": f"{te}/low_memory", "base_model": f"{te}/low_memory", "length": 4096,
+                              "batch": 4, "dense_backend": "aten", "infer_memory_mb": 110.0})
+    memory = {r["target"]: r for r in targets_issue15(results)}[memory["target"]]
+    assert memory["measured"] == pytest.approx(1.1) and memory["met"] is True
+    text = markdown(results, "cmd")
+    assert "## Targets (issue #15)" in text and "≈ 1.65x official TF (carried over)" in text
+    assert "| PASS |" in text and "| **MISS** |" in text and "| not measured |" in text
+    assert "Peak memory of untimed configurations" in text
+    empty = targets_issue15({})                                                   # nothing measured: no crash
+    assert empty and all(row["met"] is None for row in empty)
+    assert "not measured" in markdown({}, "cmd")
 
 
 def test_cli_runs_a_tiny_suite(tmp_path: Path) -> None:
@@ -169,6 +315,32 @@ def test_cli_runs_a_tiny_suite(tmp_path: Path) -> None:
     assert bad.exit_code == 2
 
 
+def test_cli_precision_and_backend_options_are_recorded(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["--preset", "issue15", "--lengths", "16", "--models", "transformer", "--rounds", "1",
+                                 "--batch", "2", "--precision", "fp32,bf16", "--dense-backend", "aten", "--split",
+                                 "--no-memory", "--out", str(tmp_path), "--name", "variants"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "variants.json").read_text())
+    assert data["options"]["precisions"] == ["fp32", "bf16"] and data["options"]["dense_backends"] == ["aten"]
+    assert data["system"]["dense_backend_auto"] == dense.resolve_dense_backend("auto")
+    rows = {row["model"]: row for row in data["throughput"]}
+    assert set(rows) == {"transformer@fp32", "transformer@bf16"}
+    assert rows["transformer@fp32"]["dense_backend"] == "aten" and rows["transformer@bf16"]["precision"] == "bf16"
+    assert all(row["batch"] == 2 and set(row["train_split"]) == set(CATEGORIES) for row in rows.values())
+    assert {"fp32_aten", "bf16", "fp32_fastest"} <= set(data["peaks_gflops"]) and data["targets_issue15"]
+    assert data["probe_size"] == 256 and "256^3 products" in (tmp_path / "variants.md").read_text()
+    text = (tmp_path / "variants.md").read_text()
+    assert "| 16 | 2 | transformer@bf16 |" in text and "Where a training step's time goes" in text
+    report = runner.invoke(app, ["report", str(tmp_path / "variants.json")])
+    assert report.exit_code == 0 and "## Targets (issue #15)" in report.output
+    for bad_args in (["--precision", "fp8"], ["--dense-backend", "blas"], ["--preset", "slow"],
+                     ["--quick", "--preset", "full"]):
+        bad = runner.invoke(app, ["--lengths", "16", "--models", "transformer", "--no-memory", "--no-mfu",
+                                  "--decode-tokens", "0", "--out", str(tmp_path), *bad_args])
+        assert bad.exit_code == 2, (bad_args, bad.output)
+
+
 def test_profile_command_side_by_side(tmp_path: Path) -> None:
     runner = CliRunner()
     models = ["transformer", "transevolve-full-1x6/factorised"]
@@ -180,6 +352,8 @@ def test_profile_command_side_by_side(tmp_path: Path) -> None:
     for p in data:
         assert p["seconds_per_step"] > 0 and 0 < p["matmul_seconds"] <= p["operator_seconds"]
         assert any(op["name"] == "aten::addmm" for op in p["operators"])
+        assert set(p["split"]) == set(CATEGORIES) and p["split_seconds"]["optimizer"] > 0
+        assert sum(p["split_seconds"].values()) == pytest.approx(p["operator_seconds"])
     assert "| transformer | train | 16 | 2 |" in (tmp_path / "prof.md").read_text()
     bad = runner.invoke(app, ["profile", "nope", "--length", "16"])
     assert bad.exit_code == 2 and "unknown model" in bad.output

@@ -4,15 +4,24 @@
   (two training steps and two forward passes each), ``rounds`` rounds each time one training step (forward,
   cross-entropy, backward, Adam step) per configuration, in a rotated order; then, in eval mode, ``rounds``
   rounds of one inference forward (``torch.inference_mode``) each, so inference is steady state (e.g. the random
-  feed-forward's cached weights). A dense fp32 matmul probe is timed next to every measurement. Medians over
-  rounds are reported, so slow phases of a noisy machine hit every configuration alike.
+  feed-forward's cached weights). Right before every measurement three dense-product probes are timed
+  (:func:`peak_probes`: fp32 through aten, fp32 through oneDNN, bf16). Medians over rounds are reported, so slow
+  phases of a noisy machine hit every configuration alike.
+- A configuration is a :class:`Case`: a model of the line-up in one precision (``fp32``, or ``bf16`` =
+  forward and loss under ``torch.autocast("cpu", torch.bfloat16)``, the backward following it and the Adam
+  step in fp32, as in training) with one dense backend (:mod:`transevolve.modules.dense`).
 - Peak memory is measured in a fresh interpreter per configuration and mode (``python -m
   transevolve.bench.memory``): the resident-set high-water mark of one step (reset just before it) minus the
   resident set before it, with the model, optimizer and batch already built. So it is the step's own peak:
   activations (and, for training, gradients and the Adam state), not the interpreter, the weights or the input.
   Resident-set peaks include allocator slack, so they are coarse (a few MB) but comparable between
   configurations.
-- MFU = analytic FLOPs achieved / the matmul probe's FLOP/s in the same round (training counts 3x forward).
+- MFU = analytic FLOPs achieved / a probe's FLOP/s right before the measurement (training counts 3x forward),
+  median over rounds: ``train_mfu`` against the fastest fp32 product (the faster of the aten and oneDNN probes),
+  ``train_mfu_precision`` against the peak of the precision the model ran in (bf16 rows: the bf16 probe; fp32
+  rows: the fastest fp32 product again). Likewise ``infer_mfu`` / ``infer_mfu_precision``.
+- Optionally (``split=True``) one more training step per configuration runs under the profiler and its time is
+  split into dense products, fused attention kernels, the optimizer and the rest (:mod:`transevolve.bench.split`).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,8 +40,10 @@ import torch
 from torch import nn
 
 from transevolve.bench.flops import flops_per_token
+from transevolve.bench.split import profile_split
 from transevolve.config import ModelConfig
 from transevolve.models import build_model
+from transevolve.modules import dense
 from transevolve.params import count_model_parameters
 
 #: The issue's shape: encoder classifier, width 256, 4 heads, FF 1024, 6 layers (t = 64 so that d / h = t).
@@ -95,6 +106,9 @@ def model_specs(width: int = 256, heads: int = 4, depth: int = 6, names: list[st
     specs += [evolved("full", 2, "factorised"), evolved("random", 2, "factorised")]
     if names is None:
         return specs
+    # The library's default path (attention_impl="auto"), named without a path: "transevolve-full-1x6".
+    for ff in ("full", "random"):
+        specs.append(ModelSpec(f"transevolve-{ff}-1x{depth}", evolved(ff, 1, "auto").config))
     # Layer-update schemes (selectable by name, not in the default line-up): "<model>/<scheme>".
     for scheme, variant in SCHEME_VARIANTS.items():
         changes = {k: (depth if k == "share_layers" and v == 0 else v) for k, v in variant.items()}
@@ -149,24 +163,123 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits, labels)
 
 
-def step_functions(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor
-                   ) -> tuple[Callable[[], None], Callable[[], None]]:
-    """``(train_step, inference)`` closures for one model and batch."""
+#: Precisions a configuration can run in (``bf16``: forward and loss under CPU autocast to bfloat16).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+#: The peak probes, each one square product (:data:`PROBE_SIZE`): fp32 ``a @ b`` through aten (MKL on x86
+#: CPUs), fp32 through oneDNN (:func:`transevolve.modules.dense.linear` under ``use_dense_backend("onednn")``),
+#: bf16 ``a @ b`` (aten sends it to oneDNN's bf16 kernels).
+PROBES: tuple[str, ...] = ("fp32_aten", "fp32_onednn", "bf16")
+
+#: Side of the square probe products (``2 PROBE_SIZE^3`` FLOPs each).
+PROBE_SIZE = 2048
+
+#: The peak each precision's MFU is taken against (``fp32_fastest``: the faster fp32 probe of the same round).
+PRECISION_PEAK: dict[str, str] = {"fp32": "fp32_fastest", "bf16": "bf16"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed configuration: a model of the line-up in one precision with one dense backend.
+
+    Attributes:
+        spec: the model.
+        precision: ``fp32``, or ``bf16`` (forward and loss under ``torch.autocast("cpu", torch.bfloat16)``).
+        dense_backend: the concrete backend of the model's float32 dense products, ``aten`` or ``onednn``.
+            Always ``aten`` for x-transformers (it calls ``F.linear`` itself) and for bf16 rows (autocast sends
+            every product to aten's bf16 kernels, whatever the setting; see :mod:`transevolve.modules.dense`).
+        label: the row's name in the reports, e.g. ``transformer@fp32+onednn`` (default: the model's name).
+    """
+
+    spec: ModelSpec
+    precision: str = "fp32"
+    dense_backend: str = "aten"
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.spec.name
+
+
+def backend_applies(spec: ModelSpec, precision: str) -> bool:
+    """Whether the dense-backend setting changes what ``spec`` computes in ``precision``."""
+    return spec.external is None and precision == "fp32"
+
+
+def concrete_backends(requested: list[str]) -> list[str]:
+    """The distinct concrete backends (``aten``, ``onednn``) that ``requested`` (``auto``/``aten``/``onednn``
+    names) selects on this machine, in order; ValueError for an unknown or unavailable name."""
+    concrete: list[str] = []
+    for name in requested:
+        backend = dense.resolve_dense_backend(name)
+        if backend not in concrete:
+            concrete.append(backend)
+    if not concrete:
+        raise ValueError(f"no dense backend given; choose from {list(dense.DENSE_BACKENDS)}")
+    return concrete
+
+
+def make_cases(specs: list[ModelSpec], precisions: list[str] | None = None, backends: list[str] | None = None
+               ) -> list[Case]:
+    """Every spec in every precision and, where it applies (:func:`backend_applies`), every dense backend.
+
+    Labels: the model's name, plus ``@<precision>`` when more than one precision runs (or the only one is not
+    fp32), plus ``+<backend>`` when more than one backend runs and it applies to the row.
+    """
+    precisions = list(dict.fromkeys(precisions or ["fp32"]))
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise ValueError(f"unknown precision(s) {unknown}; choose from {list(PRECISIONS)}")
+    concrete = concrete_backends(backends or ["auto"])
+    cases = []
+    for spec in specs:
+        for precision in precisions:
+            label = spec.name + (f"@{precision}" if len(precisions) > 1 or precision != "fp32" else "")
+            if not backend_applies(spec, precision):
+                cases.append(Case(spec, precision, "aten", label))
+                continue
+            for backend in concrete:
+                cases.append(Case(spec, precision, backend, label + (f"+{backend}" if len(concrete) > 1 else "")))
+    return cases
+
+
+def _as_case(item: Case | ModelSpec) -> Case:
+    """A bare spec runs in fp32 with the process's current dense backend."""
+    if isinstance(item, Case):
+        return item
+    backend = dense.dense_backend() if backend_applies(item, "fp32") else "aten"
+    return Case(item, "fp32", backend, item.name)
+
+
+def step_functions(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, precision: str = "fp32",
+                   dense_backend: str = "auto") -> tuple[Callable[[], None], Callable[[], None]]:
+    """``(train_step, inference)`` closures for one model and batch, in ``precision`` with ``dense_backend``.
+
+    bf16: the forward pass and the loss run under ``torch.autocast(device, torch.bfloat16)``; the backward
+    follows the forward's dtypes and the Adam step stays fp32 (parameters and optimizer state are fp32), as in
+    ``train.precision=bf16``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    device, bf16 = ids.device.type, precision == "bf16"
 
     def train_step() -> None:
-        if not model.training:
-            model.train()
-        loss = _loss(model(ids), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with dense.use_dense_backend(dense_backend):
+            if not model.training:
+                model.train()
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                loss = _loss(model(ids), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
     def inference() -> None:
-        if model.training:
-            model.eval()
-        with torch.inference_mode():
-            model(ids)
+        with dense.use_dense_backend(dense_backend):
+            if model.training:
+                model.eval()
+            with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                model(ids)
 
     return train_step, inference
 
@@ -177,20 +290,44 @@ def _timed(function: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def matmul_probe(size: int = 2048) -> Callable[[], float]:
-    """A closure returning the FLOP/s of one dense fp32 ``size^3`` matmul (the MFU reference peak)."""
+def peak_probes(size: int | None = None) -> tuple[dict[str, Callable[[], float]], list[str]]:
+    """Closures returning the FLOP/s of one dense ``size^3`` product each (default :data:`PROBE_SIZE`;
+    :data:`PROBES`; the oneDNN one is left out, with a note, where this PyTorch cannot run it), and the notes."""
+    size = size or PROBE_SIZE
     a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    products: dict[str, Callable[[], Any]] = {"fp32_aten": lambda: a @ b}
+    notes: list[str] = []
+    if dense.onednn_available():
+        def onednn() -> torch.Tensor:
+            with dense.use_dense_backend("onednn"):
+                return dense.linear(a, b)                 # a @ b^T: the same 2 size^3 FLOPs
+        products["fp32_onednn"] = onednn
+    else:
+        notes.append("fp32 oneDNN probe skipped: this PyTorch cannot run oneDNN's linear primitive")
+    products["bf16"] = lambda: a16 @ b16
+    for product in products.values():
+        product()                                         # warm-up: thread pool, oneDNN primitive cache
 
-    def probe() -> float:
-        return 2.0 * size**3 / _timed(lambda: a @ b)
+    def rate(product: Callable[[], Any]) -> Callable[[], float]:
+        return lambda: 2.0 * size**3 / _timed(product)
 
-    return probe
+    return {name: rate(product) for name, product in products.items()}, notes
+
+
+def fastest_fp32(peaks: dict[str, list[float]]) -> list[float]:
+    """Per round, the faster of the fp32 probes."""
+    fp32 = [peaks[name] for name in PROBES if name.startswith("fp32") and peaks.get(name)]
+    return [max(values) for values in zip(*fp32, strict=True)] if fp32 else []
 
 
 @dataclass
 class Measurement:
-    """Medians over rounds for one model at one length (times in seconds per step)."""
+    """Medians over rounds for one configuration at one length (times in seconds per step).
+
+    ``train_peaks``/``infer_peaks``: per probe name, the FLOP/s it reached right before each timed step.
+    ``train_split``: the profiled training step's split (:func:`transevolve.bench.split.profile_split`).
+    """
 
     model: str
     length: int
@@ -199,12 +336,16 @@ class Measurement:
     flops_per_token: float
     train_seconds: list[float] = field(default_factory=list)
     infer_seconds: list[float] = field(default_factory=list)
-    peak_flops: list[float] = field(default_factory=list)
-    infer_peak_flops: list[float] = field(default_factory=list)
+    train_peaks: dict[str, list[float]] = field(default_factory=dict)
+    infer_peaks: dict[str, list[float]] = field(default_factory=dict)
     train_memory_mb: float | None = None
     infer_memory_mb: float | None = None
     skipped: str | None = None
     nfe: int | None = None          # function evaluations per forward (adaptive scheme; FLOPs are counted with it)
+    base_model: str | None = None   # the line-up's model name (default: ``model``)
+    precision: str = "fp32"
+    dense_backend: str | None = None
+    train_split: dict[str, Any] | None = None
 
     @property
     def tokens(self) -> int:
@@ -217,43 +358,60 @@ class Measurement:
                   for t, peak in zip(seconds, peaks, strict=False)]
         return statistics.median(ratios)
 
+    def _with_fastest(self, peaks: dict[str, list[float]]) -> dict[str, list[float]]:
+        return {**peaks, "fp32_fastest": fastest_fp32(peaks)}
+
     def summary(self) -> dict[str, Any]:
-        """Medians and derived figures (tokens/s, MFU against the same round's matmul peak)."""
+        """Medians and derived figures (tokens/s, MFU against the probes timed right before each step)."""
         train = statistics.median(self.train_seconds) if self.train_seconds else None
         infer = statistics.median(self.infer_seconds) if self.infer_seconds else None
+        train_peaks, infer_peaks = self._with_fastest(self.train_peaks), self._with_fastest(self.infer_peaks)
+        own = PRECISION_PEAK.get(self.precision, "fp32_fastest")
+        every = {name: train_peaks.get(name, []) + infer_peaks.get(name, []) for name in (*PROBES, "fp32_fastest")}
+        split = self.train_split or {}
         return {
-            "model": self.model, "length": self.length, "batch": self.batch, "parameters": self.parameters,
-            "flops_per_token": self.flops_per_token, "skipped": self.skipped, "nfe": self.nfe,
-            "train_step_seconds": train, "infer_seconds": infer,
+            "model": self.model, "base_model": self.base_model or self.model, "precision": self.precision,
+            "dense_backend": self.dense_backend, "length": self.length, "batch": self.batch,
+            "parameters": self.parameters, "flops_per_token": self.flops_per_token, "skipped": self.skipped,
+            "nfe": self.nfe, "train_step_seconds": train, "infer_seconds": infer,
             "train_tokens_per_second": self.tokens / train if train else None,
             "infer_tokens_per_second": self.tokens / infer if infer else None,
-            "train_mfu": self._mfu(self.train_seconds, self.peak_flops, 3.0),
-            "infer_mfu": self._mfu(self.infer_seconds, self.infer_peak_flops, 1.0),
+            "train_mfu": self._mfu(self.train_seconds, train_peaks["fp32_fastest"], 3.0),
+            "infer_mfu": self._mfu(self.infer_seconds, infer_peaks["fp32_fastest"], 1.0),
+            "train_mfu_precision": self._mfu(self.train_seconds, train_peaks.get(own, []), 3.0),
+            "infer_mfu_precision": self._mfu(self.infer_seconds, infer_peaks.get(own, []), 1.0),
+            "peaks_gflops": {name: statistics.median(values) / 1e9 for name, values in every.items() if values},
+            "train_split": split.get("fractions"), "train_split_seconds": split.get("seconds"),
             "train_memory_mb": self.train_memory_mb, "infer_memory_mb": self.infer_memory_mb,
-            "rounds": len(self.train_seconds), "raw": {"train": self.train_seconds, "infer": self.infer_seconds,
-                                                        "peak_flops": self.peak_flops + self.infer_peak_flops},
+            "rounds": len(self.train_seconds),
+            "raw": {"train": self.train_seconds, "infer": self.infer_seconds,
+                    "peak_flops": every["fp32_fastest"], "peaks": {n: v for n, v in every.items() if v}},
         }
 
 
-def run_group(specs: list[ModelSpec], length: int, batch: int, rounds: int, warmup: int = 2,
-              log: Callable[[str], None] = print) -> list[Measurement]:
-    """Time every spec at one length side by side (see the module docstring)."""
+def run_group(cases: Sequence[Case | ModelSpec], length: int, batch: int, rounds: int, warmup: int = 2,
+              log: Callable[[str], None] = print, split: bool = False) -> list[Measurement]:
+    """Time every configuration at one length side by side (see the module docstring); a bare
+    :class:`ModelSpec` runs in fp32 with the current dense backend. ``split``: profile one more training step
+    per configuration after the training rounds and record its time split."""
     measurements: list[Measurement] = []
     runners: list[tuple[Measurement, Callable[[], None], Callable[[], None]]] = []
-    probe = matmul_probe()
-    for spec in specs:
+    probes, _ = peak_probes()
+    for case in map(_as_case, cases):
+        spec = case.spec
         torch.manual_seed(0)
         model = build(spec)
         path = "reference" if spec.config.attention == "evolved" and spec.config.attention_impl == "reference" \
             else "fast"
-        measurement = Measurement(spec.name, length, batch, count_model_parameters(model),
-                                  flops_per_token(spec.config, length, path))
+        measurement = Measurement(case.name, length, batch, count_model_parameters(model),
+                                  flops_per_token(spec.config, length, path), base_model=spec.name,
+                                  precision=case.precision, dense_backend=case.dense_backend)
         measurements.append(measurement)
         if spec.max_length is not None and length > spec.max_length:
             measurement.skipped = f"longer than its max_length {spec.max_length}"
             continue
         ids, labels = make_batch(spec, batch, length)
-        train_step, inference = step_functions(model, ids, labels)
+        train_step, inference = step_functions(model, ids, labels, case.precision, case.dense_backend)
         for _ in range(warmup):
             train_step()
             inference()
@@ -264,25 +422,31 @@ def run_group(specs: list[ModelSpec], length: int, batch: int, rounds: int, warm
         runners.append((measurement, train_step, inference))
     for phase in ("train", "infer"):
         if phase == "infer":
+            if split:
+                for measurement, train_step, _ in runners:    # still in training mode and warm
+                    measurement.train_split = profile_split(train_step)
+                log(f"  n={length} profiled training step split done")
             for _, _, inference in runners:          # back in eval mode: rebuild the random FF weight cache once
                 inference()
         for round_index in range(rounds):
             shift = round_index % max(1, len(runners))
             for measurement, train_step, inference in runners[shift:] + runners[:shift]:
-                peak = probe()
+                peaks = measurement.train_peaks if phase == "train" else measurement.infer_peaks
+                for name, probe in probes.items():
+                    peaks.setdefault(name, []).append(probe())
                 if phase == "train":
                     measurement.train_seconds.append(_timed(train_step))
-                    measurement.peak_flops.append(peak)
                 else:
                     measurement.infer_seconds.append(_timed(inference))
-                    measurement.infer_peak_flops.append(peak)
             log(f"  n={length} {phase} round {round_index + 1}/{rounds} done")
     return measurements
 
 
-def measure_memory(spec: ModelSpec, length: int, batch: int, mode: str, timeout: float = 600.0) -> float | None:
+def measure_memory(spec: ModelSpec, length: int, batch: int, mode: str, timeout: float = 600.0,
+                   precision: str = "fp32", dense_backend: str = "auto") -> float | None:
     """Peak MB of one step (``train`` or ``infer``) in a fresh interpreter; None if it failed."""
-    payload = json.dumps({"spec": spec.to_dict(), "length": length, "batch": batch, "mode": mode})
+    payload = json.dumps({"spec": spec.to_dict(), "length": length, "batch": batch, "mode": mode,
+                          "precision": precision, "dense_backend": dense_backend})
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "MALLOC_MMAP_THRESHOLD_": "65536"}
     try:
         done = subprocess.run([sys.executable, "-m", "transevolve.bench.memory", payload], capture_output=True,
@@ -298,7 +462,10 @@ def system_info() -> dict[str, Any]:
     """Where the numbers come from."""
     info: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                             "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-                            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+                            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                            "onednn_available": dense.onednn_available(),
+                            "dense_backend_auto": dense.resolve_dense_backend("auto")}
     try:
         with open("/proc/cpuinfo") as handle:
             names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]

@@ -1,6 +1,7 @@
 """Peak memory of one step, measured in this fresh interpreter: ``python -m transevolve.bench.memory JSON``.
 
-JSON: ``{"spec": ModelSpec.to_dict(), "length": n, "batch": b, "mode": "train" | "infer"}``. Prints
+JSON: ``{"spec": ModelSpec.to_dict(), "length": n, "batch": b, "mode": "train" | "infer"}``, optionally with
+``"precision"`` (``fp32``/``bf16``, default fp32) and ``"dense_backend"`` (default ``auto``). Prints
 ``{"peak_mb": ..., "baseline_mb": ...}``: the resident-set high-water mark after the step minus the resident set
 just before it, with model, optimizer and batch already built and one tiny matmul run so that the math libraries
 are loaded. The high-water mark is reset right before the step (Linux ``/proc/self/clear_refs``, value 5) so that
@@ -57,7 +58,8 @@ def main(argv: list[str]) -> None:
     torch.manual_seed(0)
     model = build(spec)
     ids, labels = make_batch(spec, int(request["batch"]), int(request["length"]))
-    train_step, inference = step_functions(model, ids, labels)
+    train_step, inference = step_functions(model, ids, labels, request.get("precision", "fp32"),
+                                           request.get("dense_backend", "auto"))
     torch.ones(64, 64) @ torch.ones(64, 64)
     gc.collect()
     before = _reset_peak()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from transevolve.bench.flops import flops_per_token
+from transevolve.bench.split import CATEGORIES
 from transevolve.config import ModelConfig
 
 TE = "transevolve-full-1x6"
@@ -19,11 +20,40 @@ def _fmt(value: float | None, digits: int = 0, suffix: str = "") -> str:
     return f"{value:,.{digits}f}{suffix}"
 
 
+def _rows(results: dict[str, Any], model: str, length: int, section: str = "throughput",
+          precisions: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Measured rows of the line-up model ``model`` (every precision and dense backend, or ``precisions``)."""
+    return [row for row in results.get(section, [])
+            if row.get("base_model", row["model"]) == model and row["length"] == length and not row.get("skipped")
+            and (precisions is None or row.get("precision", "fp32") in precisions)]
+
+
 def _row(results: dict[str, Any], model: str, length: int, section: str = "throughput") -> dict[str, Any] | None:
+    """The row labelled ``model``, else the fp32 row of the line-up model ``model`` (the dense backend ``auto``
+    picks on the benchmarked machine if it was measured)."""
     for row in results.get(section, []):
         if row["model"] == model and row["length"] == length and not row.get("skipped"):
             return row
-    return None
+    candidates = _rows(results, model, length, section, ("fp32",))
+    auto = results.get("system", {}).get("dense_backend_auto")
+    return next((row for row in candidates if row.get("dense_backend") == auto), candidates[0] if candidates else None)
+
+
+def _best(results: dict[str, Any], model: str, length: int, key: str,
+          precisions: tuple[str, ...] | None = None) -> dict[str, Any] | None:
+    """The row of ``model`` at ``length`` with the largest ``key`` (over precisions and dense backends)."""
+    rows = [row for row in _rows(results, model, length, precisions=precisions) if row.get(key)]
+    return max(rows, key=lambda row: row[key], default=None)
+
+
+def _memory_mb(results: dict[str, Any], model: str, length: int, mode: str) -> float | None:
+    """Peak ``mode`` memory of ``model`` at ``length`` from its throughput row or the memory rows."""
+    key = f"{mode}_memory_mb"
+    row = _row(results, model, length)
+    if row is not None and row.get(key) is not None:
+        return row[key]
+    memory = _row(results, model, length, "memory")
+    return memory.get(key) if memory is not None else None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -99,48 +129,199 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             note="same tokens" if row["same_tokens"] else "TOKENS DIFFER")
     for row in results.get("mfu", []):
         add(f"training MFU, {row['model']}, width 512, n={row['length']}", row["train_mfu"], 0.5)
-    low, base = _row(results, f"{TE}/low_memory", 4096), _row(results, "transformer", 4096)
     for mode in ("train", "infer"):
-        key = f"{mode}_memory_mb"
         add(f"low-memory TransEvolve / Transformer peak {mode} memory at n=4096",
-            _ratio(low and low[key], base and base[key]), 1.2, higher=False)
+            _ratio(_memory_mb(results, f"{TE}/low_memory", 4096, mode),
+                   _memory_mb(results, "transformer", 4096, mode)), 1.2, higher=False)
     return rows
+
+
+#: Official TF TransEvolve (fixed) / x-transformers, from the speed anchors (same machine, one run): training and
+#: inference at n = 512 and 2048. A ratio to x-transformers divided by these is the ratio to official TF.
+OFFICIAL_TF_VS_X = {("train", 512): 1.58, ("train", 2048): 1.42, ("infer", 512): 1.76, ("infer", 2048): 1.36}
+
+
+def _variant(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-"
+    backend = f", {row['dense_backend']}" if row.get("dense_backend") else ""
+    return f"{row.get('precision', 'fp32')}{backend}"
+
+
+def _pick(results: dict[str, Any], names: tuple[str, ...]) -> str:
+    """The first of ``names`` with a measured row (else the first)."""
+    measured = {row.get("base_model", row["model"]) for row in results.get("throughput", []) if not row.get("skipped")}
+    return next((name for name in names if name in measured), names[0])
+
+
+def targets_issue15(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #15's targets (see benchmarks/README.md): measured value, goal, met (None: not measured), the ratio
+    carried over to official TF where the baseline is x-transformers, and a note naming the rows used."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, measured: float | None, goal: float, unit: str = "x", higher: bool = True, note: str = "",
+            official_tf: float | None = None) -> None:
+        met = None if measured is None else (measured >= goal if higher else measured <= goal)
+        rows.append({"target": name, "measured": measured, "goal": goal, "unit": unit, "higher_is_better": higher,
+                     "met": met, "note": note,
+                     "vs_official_tf": measured / official_tf if measured is not None and official_tf else None})
+
+    te = _pick(results, (TE, f"{TE}/factorised"))
+    goals = {"train": {512: 2.5, 2048: 2.8}, "infer": {512: 2.6, 2048: 2.6}}
+    for mode, by_length in goals.items():
+        key = f"{mode}_tokens_per_second"
+        for length, goal in by_length.items():
+            ours, base = _best(results, te, length, key), _best(results, "x-transformers", length, key, ("fp32",))
+            same = _best(results, te, length, key, ("fp32",))
+            note = (f"{_variant(ours)} vs x-transformers fp32; fp32 vs fp32 "
+                    f"{_fmt(_ratio(same and same[key], base and base[key]), 2, 'x')}") if ours else ""
+            add(f"TransEvolve-fullFF 1x6 {'training' if mode == 'train' else 'inference'} vs x-transformers, "
+                f"n={length}", _ratio(ours and ours[key], base and base[key]), goal, note=note,
+                official_tf=OFFICIAL_TF_VS_X[(mode, length)])
+    key = "train_tokens_per_second"
+    for length in (512, 2048):
+        ours, base = _best(results, "transformer", length, key, ("fp32",)), _best(results, "x-transformers",
+                                                                                  length, key, ("fp32",))
+        add(f"our Transformer training vs x-transformers (fp32), n={length}", _ratio(ours and ours[key],
+                                                                                     base and base[key]), 1.5,
+            note=_variant(ours) if ours else "", official_tf=OFFICIAL_TF_VS_X[("train", length)])
+    models = (("transformer", "Transformer"), (te, "TransEvolve-fullFF 1x6"))
+    for model, label in models:
+        for length in (512, 2048):
+            row = _best(results, model, length, "train_mfu", ("fp32",))
+            add(f"training MFU vs the fastest fp32 product, {label}, n={length}", row and row["train_mfu"], 0.6,
+                unit="%", note=_variant(row) if row else "")
+    for model, label in models:
+        for length in (512, 2048):
+            bf16, fp32 = _best(results, model, length, key, ("bf16",)), _best(results, model, length, key, ("fp32",))
+            add(f"bf16 training vs own fp32, {label}, n={length}", _ratio(bf16 and bf16[key], fp32 and fp32[key]),
+                2.0, note=f"vs {_variant(fp32)}" if fp32 and bf16 else "")
+    key = "infer_tokens_per_second"
+    ratios = {}
+    for precision in ("fp32", "bf16"):
+        ours, theirs = _best(results, te, 2048, key, (precision,)), _best(results, "transformer", 2048, key,
+                                                                          (precision,))
+        ratios[precision] = _ratio(ours and ours[key], theirs and theirs[key])
+    add("TransEvolve-fullFF 1x6 inference vs our Transformer (fp32), n=2048", ratios["fp32"], 1.3,
+        note=f"bf16 vs bf16 {_fmt(ratios['bf16'], 2, 'x')}" if ratios["bf16"] else "")
+    low, base = _memory_mb(results, f"{TE}/low_memory", 4096, "infer"), _memory_mb(results, "transformer", 4096,
+                                                                                    "infer")
+    add("low-memory TransEvolve / Transformer peak inference memory, n=4096", _ratio(low, base), 1.2, higher=False,
+        note=f"{_fmt(low, 0)} MB / {_fmt(base, 0)} MB" if low and base else "")
+    return rows
+
+
+def targets_issue15_markdown(results: dict[str, Any]) -> list[str]:
+    """The "Targets (issue #15)" section."""
+    lines = ["## Targets (issue #15)", "",
+             "Ratios of tokens/s measured in this run. For TransEvolve against x-transformers, ours is the fastest "
+             "configuration measured (precision and dense backend in the note) and x-transformers runs in fp32, "
+             "as in the speed anchors; the other targets compare what they name. MFU is against the fastest fp32 "
+             "product (the faster of the aten and oneDNN probes). The official-TF column carries the speed "
+             "anchors' ratios over through x-transformers (fixed official TF at 1.58x / 1.42x x-transformers "
+             "in training at n=512 / 2048, 1.76x / 1.36x in inference): a different day's ratio, so approximate.",
+             "", "| target | measured | goal | result | vs official TF | note |", "|---|---|---|---|---|---|"]
+    for row in targets_issue15(results):
+        percent = row["unit"] == "%"
+        measured = _fmt(row["measured"] and 100 * row["measured"] if percent else row["measured"], 0 if percent
+                        else 2, row["unit"])
+        goal = f"{'>=' if row['higher_is_better'] else '<='} " + (f"{100 * row['goal']:.0f}%" if percent
+                                                                  else f"{row['goal']:g}x")
+        result = {True: "PASS", False: "**MISS**", None: "not measured"}[row["met"]]
+        official = (f"≈ {row['vs_official_tf']:.2f}x official TF (carried over)"
+                    if row["vs_official_tf"] is not None else "")
+        lines.append(f"| {row['target']} | {measured} | {goal} | {result} | {official} | {row['note']} |")
+    return lines
+
+
+def _peaks(results: dict[str, Any]) -> dict[str, float]:
+    """The run's median GFLOP/s per probe (older JSON files: the single fp32 probe, as ``fp32_aten``)."""
+    if results.get("peaks_gflops"):
+        return dict(results["peaks_gflops"])
+    old = sorted(p for row in results.get("throughput", []) for p in row.get("raw", {}).get("peak_flops", []))
+    return {"fp32_aten": old[len(old) // 2] / 1e9, "fp32_fastest": old[len(old) // 2] / 1e9} if old else {}
 
 
 def markdown(results: dict[str, Any], command: str) -> str:
     """The report: setup, throughput/memory table per length, targets, decoding and MFU tables."""
     system = results.get("system", {})
-    peaks = [p for row in results.get("throughput", []) for p in row["raw"]["peak_flops"]]
-    peak = sorted(peaks)[len(peaks) // 2] / 1e9 if peaks else None
+    throughput = results.get("throughput", [])
+    peaks = _peaks(results)
+    names = {"fp32_aten": "fp32 aten", "fp32_onednn": "fp32 oneDNN", "bf16": "bf16", "fp32_fastest": "fastest fp32"}
+    peak_text = ", ".join(f"{label} {_fmt(peaks[name], 0)}" for name, label in names.items() if name in peaks)
     lines = [
         "# transevolve bench", "",
         f"Command: `{command}`", "",
-        f"Machine: {system.get('cpu')}, {system.get('cpu_count')} cores, torch {system.get('torch')} "
-        f"({system.get('threads')} threads), git {system.get('git')}, {system.get('date')}; "
-        f"median dense fp32 matmul peak {_fmt(peak, 0)} GFLOP/s; run took {_fmt(results.get('seconds'), 0)} s.", "",
-        "Times are medians over interleaved rounds; MFU uses each round's own matmul probe. Memory is the peak "
-        "resident-set increase of one step in a fresh process (training includes gradients and the Adam state).",
+        f"Machine: {system.get('cpu')}, {system.get('cpu_count')} cores ({system.get('cpu_capability', '?')}), "
+        f"torch {system.get('torch')} ({system.get('threads')} threads), git {system.get('git')}, "
+        f"{system.get('date')}; dense backend auto = {system.get('dense_backend_auto', '?')}; "
+        f"run took {_fmt(results.get('seconds'), 0)} s.", "",
+        f"Dense-product peaks ({results.get('probe_size', 2048)}^3 products timed before every step; medians, "
+        f"GFLOP/s): {peak_text or '-'}.",
+        *(f"Note: {note}." for note in results.get("notes", [])), "",
+        "Times are medians over interleaved rounds. MFU = analytic FLOPs / a probe timed right before the step "
+        "(median over rounds): `MFU fp32` against the fastest fp32 product (the faster of aten and oneDNN), "
+        "`MFU own` against the peak of the precision the row ran in (bf16 rows: the bf16 product; fp32 rows: "
+        "the same as `MFU fp32`). Rows `@bf16` run forward and loss under CPU autocast to bfloat16 (Adam in "
+        "fp32); `+aten`/`+onednn` name the dense backend of our models' fp32 products. Memory is the peak "
+        "resident-set increase of one step in a fresh process (fp32; training includes gradients and the Adam "
+        "state).",
         "",
-        "| n | batch | model | params | GFLOP/token | train tok/s | infer tok/s | train MFU | train MB | "
-        "infer MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| n | batch | model | params | GFLOP/token | train tok/s | infer tok/s | train MFU fp32 "
+        f"({_fmt(peaks.get('fp32_fastest'), 0)}) | train MFU own | infer MFU fp32 | train MB | infer MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in results.get("throughput", []):
+
+    def percent(value: float | None) -> str:
+        return _fmt(value and 100 * value, 1, "%")
+
+    for row in throughput:
+        head = f"| {row['length']} | {row['batch']} | {row['model']} | {_fmt(row.get('parameters'))} |"
         if row.get("skipped"):
-            lines.append(f"| {row['length']} | {row['batch']} | {row['model']} | {row['parameters']:,} | - | "
-                         f"skipped ({row['skipped']}) | | | | |")
+            lines.append(f"{head} - | skipped ({row['skipped']}) | | | | | | |")
             continue
+        flops = row.get("flops_per_token")
         lines.append(
-            f"| {row['length']} | {row['batch']} | {row['model']} | {row['parameters']:,} | "
-            f"{row['flops_per_token'] / 1e9:.4f} | {_fmt(row['train_tokens_per_second'])} | "
-            f"{_fmt(row['infer_tokens_per_second'])} | {_fmt(row['train_mfu'] and 100 * row['train_mfu'], 1, '%')} | "
-            f"{_fmt(row['train_memory_mb'])} | {_fmt(row['infer_memory_mb'])} |")
-    lines += ["", "## Targets", "", "| target | measured | goal | met | note |", "|---|---|---|---|---|"]
-    for row in targets(results):
+            f"{head} {_fmt(flops and flops / 1e9, 4)} | {_fmt(row.get('train_tokens_per_second'))} | "
+            f"{_fmt(row.get('infer_tokens_per_second'))} | {percent(row.get('train_mfu'))} | "
+            f"{percent(row.get('train_mfu_precision'))} | {percent(row.get('infer_mfu'))} | "
+            f"{_fmt(row.get('train_memory_mb'))} | {_fmt(row.get('infer_memory_mb'))} |")
+    timed = {(row.get("base_model", row["model"]), row["length"], row.get("dense_backend"))
+             for row in throughput if not row.get("skipped") and row.get("precision", "fp32") == "fp32"}
+    untimed = [row for row in results.get("memory", [])
+               if (row["base_model"], row["length"], row["dense_backend"]) not in timed]
+    if untimed:
+        lines += ["", "## Peak memory of untimed configurations (fp32)", "", "| n | batch | model | train MB | "
+                  "infer MB |", "|---|---|---|---|---|"]
+        lines += [f"| {row['length']} | {row['batch']} | {row['model']} | {_fmt(row.get('train_memory_mb'))} | "
+                  f"{_fmt(row.get('infer_memory_mb'))} |" for row in untimed]
+    split = [row for row in throughput if row.get("train_split")]
+    if split:
+        lines += ["", "## Where a training step's time goes", "",
+                  "One profiled training step per configuration (`torch.profiler`, self CPU time): dense products "
+                  "(mm/bmm/addmm/baddbmm kernels, oneDNN linear, matmul/linear dispatch), fused attention kernels "
+                  "(CPU flash attention forward and backward), the optimizer (Adam step) and the rest (elementwise, "
+                  "softmax, exponentials, normalisation, dropout, copies). Profiled step time includes the "
+                  "profiler's overhead.", "",
+                  "| n | model | profiled s/step | products | fused attention | optimizer | rest |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in split:
+            shares = row["train_split"]
+            step = (row.get("train_split_seconds") or {}).get("profiled_step")
+            lines.append(f"| {row['length']} | {row['model']} | {_fmt(step, 3)} | "
+                         + " | ".join(percent(shares.get(name)) for name in CATEGORIES) + " |")
+    lines += ["", *targets_issue15_markdown(results)]
+    checks = targets(results)
+    measured = [row for row in checks if row["met"] is not None]
+    lines += ["", "## Targets (issue #6)", ""]
+    if len(measured) < len(checks):
+        lines += [f"{len(checks) - len(measured)} of {len(checks)} not measured in this run (left out below).", ""]
+    if measured:
+        lines += ["| target | measured | goal | met | note |", "|---|---|---|---|---|"]
+    for row in measured:
         goal = f"{'>=' if row['higher_is_better'] else '<='} {row['goal']:g}"
-        measured = "-" if row["measured"] is None else f"{row['measured']:.3g}"
-        met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
-        lines.append(f"| {row['target']} | {measured} | {goal} | {met} | {row['note']} |")
+        met = {True: "yes", False: "**no**"}[row["met"]]
+        lines.append(f"| {row['target']} | {row['measured']:.3g} | {goal} | {met} | {row['note']} |")
     if results.get("decode"):
         rounds = results["decode"][0].get("rounds", 1)
         lines += ["", f"## Decoding (greedy, EOS disabled; median of {rounds} interleaved rounds)", "",
@@ -202,7 +383,8 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
 def write(results: dict[str, Any], directory: Path, name: str, command: str) -> list[Path]:
     """Write ``name.json``, ``name.md`` and ``name.png`` under ``directory``; returns the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
-    results = {**results, "command": command, "targets": targets(results)}
+    results = {**results, "command": command, "targets": targets(results),
+               "targets_issue15": targets_issue15(results)}
     written = [directory / f"{name}.json", directory / f"{name}.md"]
     written[0].write_text(json.dumps(results, indent=2) + "\n")
     written[1].write_text(markdown(results, command))

@@ -2,8 +2,12 @@
 
 One invocation runs, in this order:
 
-1. throughput groups, one per sequence length, every model side by side (:func:`harness.run_group`);
-2. peak memory per model and length in fresh subprocesses (:func:`harness.measure_memory`);
+1. throughput groups, one per sequence length, every configuration side by side (:func:`harness.run_group`): each
+   model in every requested precision and dense backend (:func:`harness.make_cases`), with the three peak probes
+   before every timed step and, at ``split_lengths``, one profiled training step split into products, fused
+   attention, optimizer and the rest;
+2. peak memory per model and length in fresh subprocesses (:func:`harness.measure_memory`; fp32, the first
+   requested dense backend);
 3. an MFU group at width 512, 8 heads, n = 512;
 4. cached against uncached greedy decoding, median of interleaved rounds (:mod:`transevolve.bench.decode`);
 5. a numerical check that the fast TransEvolve paths reproduce the reference outputs on the benchmark batch.
@@ -11,6 +15,7 @@ One invocation runs, in this order:
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,30 +23,45 @@ from typing import Any
 
 import torch
 
+from transevolve.bench import harness
 from transevolve.bench.decode import decode_specs, run_decode
 from transevolve.bench.harness import (
     ModelSpec,
     build,
     make_batch,
+    make_cases,
     measure_memory,
     measurement_dicts,
     model_specs,
     run_group,
     system_info,
 )
+from transevolve.modules import dense
 
 
 @dataclass
 class SuiteOptions:
-    """What to run. :func:`preset` gives the ``quick`` and ``full`` choices."""
+    """What to run. :func:`preset` gives the ``quick``, ``full`` and ``issue15`` choices.
+
+    ``batch_size`` (when set) fixes the batch at every length, else it is ``tokens_per_batch // n``.
+    ``precisions`` (``fp32``, ``bf16``) and ``dense_backends`` (``auto``, ``aten``, ``onednn``) multiply the
+    configurations (:func:`transevolve.bench.harness.make_cases`). ``memory_models`` (None: the timed models) are
+    measured at ``memory_lengths`` in ``memory_modes``, whether or not those lengths are timed. ``split_lengths``
+    (None: every timed length) get one profiled training step per configuration.
+    """
 
     lengths: list[int] = field(default_factory=lambda: [128, 256, 512, 1024, 2048, 4096])
     models: list[str] | None = None
     tokens_per_batch: int = 8192
+    batch_size: int | None = None
     rounds: int = 3
     warmup: int = 2
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    dense_backends: list[str] = field(default_factory=lambda: ["auto"])
+    split_lengths: list[int] | None = field(default_factory=lambda: [512, 2048])
     memory_lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096])
     memory_models: list[str] | None = None
+    memory_modes: tuple[str, ...] = ("train", "infer")
     mfu: bool = True
     mfu_length: int = 512
     decode_tokens: int = 256
@@ -55,25 +75,50 @@ class SuiteOptions:
     depth: int = 6
 
     def batch(self, length: int) -> int:
-        return max(1, self.tokens_per_batch // length)
+        return self.batch_size or max(1, self.tokens_per_batch // length)
 
 
 QUICK_MODELS = ["transformer", "x-transformers", "transevolve-full-1x6/reference", "transevolve-full-1x6/factorised",
                 "transevolve-full-1x6/low_memory", "transevolve-random-1x6/factorised"]
 
 
+#: Issue #15's line-up: the library's default paths (``attention_impl="auto"``) against x-transformers.
+ISSUE15_MODELS = ["x-transformers", "transformer", "transevolve-full-1x6", "transevolve-random-1x6"]
+
+PRESETS = ("full", "quick", "issue15")
+
+
 def preset(name: str) -> SuiteOptions:
-    """``full``: the issue's grid (about half an hour on 2 cores); ``quick``: a smoke run under 2 minutes."""
+    """``full``: the issue-6 grid (about 36 minutes on 2 quiet cores); ``quick``: a smoke run under 2 minutes;
+    ``issue15``: issue #15's shape (batch 4, n = 512 and 2048, fp32 and bf16, both dense backends, the
+    low-memory inference memory at n = 4096; about 8 minutes on 2 quiet cores)."""
     if name == "full":
         return SuiteOptions()
     if name == "quick":
         return SuiteOptions(lengths=[128, 512], models=QUICK_MODELS, tokens_per_batch=1024, rounds=2, warmup=1,
+                            split_lengths=[],
                             memory_lengths=[512], memory_models=["transformer", "transevolve-full-1x6/factorised",
                                                                  "transevolve-full-1x6/low_memory"],
                             mfu=False, decode_tokens=32, decode_batches=(4,), decode_kinds=("encoder_decoder",),
                             decode_width=128, decode_rounds=1,
                             check_length=128)
-    raise ValueError(f"unknown preset {name!r}; choose quick or full")
+    if name == "issue15":
+        return SuiteOptions(lengths=[512, 2048], models=list(ISSUE15_MODELS), batch_size=4, rounds=5, warmup=2,
+                            precisions=["fp32", "bf16"], dense_backends=["aten", "onednn"],
+                            split_lengths=[512, 2048], memory_lengths=[4096],
+                            memory_models=["transformer", "transevolve-full-1x6/low_memory"],
+                            memory_modes=("infer",), mfu=False, decode_tokens=0)
+    raise ValueError(f"unknown preset {name!r}; choose from {list(PRESETS)}")
+
+
+def _backends(requested: list[str], notes: list[str]) -> list[str]:
+    """``requested`` without ``onednn`` where this PyTorch cannot run it (with a note), unless nothing is left."""
+    if "onednn" in requested and not dense.onednn_available():
+        kept = [name for name in requested if name != "onednn"]
+        if kept:
+            notes.append("dense backend onednn skipped: this PyTorch cannot run oneDNN's linear primitive")
+            return kept
+    return requested
 
 
 def _check_fast_paths(specs: list[ModelSpec], length: int, batch: int) -> list[dict[str, Any]]:
@@ -98,35 +143,46 @@ def _check_fast_paths(specs: list[ModelSpec], length: int, batch: int) -> list[d
     return rows
 
 
+def _peak_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Median GFLOP/s of every probe over all timed steps of ``rows``."""
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        for name, peaks in row.get("raw", {}).get("peaks", {}).items():
+            values.setdefault(name, []).extend(peaks)
+    return {name: statistics.median(peaks) / 1e9 for name, peaks in values.items() if peaks}
+
+
 def run_suite(options: SuiteOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run everything in ``options``; returns the JSON-ready results."""
     started = time.perf_counter()
+    notes: list[str] = []
+    if not dense.onednn_available():
+        notes.append("fp32 oneDNN probe skipped: this PyTorch cannot run oneDNN's linear primitive")
+    backends = _backends(options.dense_backends, notes)
     specs = model_specs(options.width, options.heads, options.depth, options.models)
+    cases = make_cases(specs, options.precisions, backends)
     results: dict[str, Any] = {"system": system_info(), "options": asdict(options),
+                               "dense_backends": sorted({case.dense_backend for case in cases}),
                                "models": [spec.to_dict() for spec in specs]}
     throughput = []
     for length in options.lengths:
         batch = options.batch(length)
-        log(f"throughput: n={length}, batch {batch}, {len(specs)} models, {options.rounds} rounds")
-        throughput += measurement_dicts(run_group(specs, length, batch, options.rounds, options.warmup, log))
+        split = options.split_lengths is None or length in options.split_lengths
+        log(f"throughput: n={length}, batch {batch}, {len(cases)} configurations, {options.rounds} rounds"
+            + (", one profiled training step each" if split else ""))
+        throughput += measurement_dicts(run_group(cases, length, batch, options.rounds, options.warmup, log,
+                                                  split=split))
     results["throughput"] = throughput
-    memory_specs = [s for s in specs if options.memory_models is None or s.name in options.memory_models]
-    by_key = {(row["model"], row["length"]): row for row in throughput}
-    for length in options.memory_lengths:
-        log(f"memory: n={length} ({len(memory_specs)} models x train/infer, one subprocess each)")
-        for spec in memory_specs:
-            row = by_key.get((spec.name, length))
-            if row is None or row["skipped"]:
-                continue
-            for mode in ("train", "infer"):
-                row[f"{mode}_memory_mb"] = measure_memory(spec, length, options.batch(length), mode)
+    results["peaks_gflops"], results["probe_size"] = _peak_summary(throughput), harness.PROBE_SIZE
+    results["memory"] = _memory(options, specs, backends, throughput, log)
     if options.mfu:
         wide = model_specs(512, 8, options.depth, ["transformer", "x-transformers",
                                                    "transevolve-full-1x6/factorised"])
         batch = options.batch(options.mfu_length)
         log(f"mfu: width 512, 8 heads, n={options.mfu_length}, batch {batch}")
-        results["mfu"] = measurement_dicts(run_group(wide, options.mfu_length, batch, options.rounds,
-                                                     options.warmup, log))
+        results["mfu"] = measurement_dicts(run_group(make_cases(wide, options.precisions, backends),
+                                                     options.mfu_length, batch, options.rounds, options.warmup,
+                                                     log))
     if options.decode_tokens:
         results["decode"] = []
         for spec in decode_specs(width=options.decode_width, heads=options.heads, depth=options.depth,
@@ -136,5 +192,34 @@ def run_suite(options: SuiteOptions, log: Callable[[str], None] = print) -> dict
                 results["decode"].append(run_decode(spec, options.decode_tokens, batch, rounds=options.decode_rounds))
     log(f"fast-path check at n={options.check_length}")
     results["fast_path_check"] = _check_fast_paths(specs, options.check_length, 2)
+    results["notes"] = notes
     results["seconds"] = time.perf_counter() - started
     return results
+
+
+def _memory(options: SuiteOptions, specs: list[ModelSpec], backends: list[str], throughput: list[dict[str, Any]],
+            log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Peak memory rows (fp32, the first requested dense backend); each also fills the matching throughput row."""
+    if not options.memory_lengths or not options.memory_modes:
+        return []
+    names = options.memory_models if options.memory_models is not None else [spec.name for spec in specs]
+    memory_specs = model_specs(options.width, options.heads, options.depth, names) if names else []
+    rows = []
+    for length in options.memory_lengths:
+        log(f"memory: n={length} ({len(memory_specs)} models x {'/'.join(options.memory_modes)}, one subprocess "
+            "each)")
+        for case in make_cases(memory_specs, ["fp32"], backends[:1]):
+            if case.spec.max_length is not None and length > case.spec.max_length:
+                continue
+            row: dict[str, Any] = {"model": case.name, "base_model": case.spec.name, "length": length,
+                                   "batch": options.batch(length), "precision": "fp32",
+                                   "dense_backend": case.dense_backend}
+            for mode in options.memory_modes:
+                row[f"{mode}_memory_mb"] = measure_memory(case.spec, length, row["batch"], mode,
+                                                          dense_backend=case.dense_backend)
+            rows.append(row)
+            for timed in throughput:
+                if (timed["base_model"], timed["length"], timed["precision"], timed["dense_backend"]) == (
+                        case.spec.name, length, "fp32", case.dense_backend) and not timed["skipped"]:
+                    timed.update({key: row[key] for key in row if key.endswith("_memory_mb")})
+    return rows
