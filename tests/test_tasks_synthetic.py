@@ -63,7 +63,7 @@ def as_tuples(data: TaskData, key: str = "ids") -> dict[str, list[tuple[int, ...
 def test_tasks_are_registered() -> None:
     assert TASKS["listops"].kind == "classification" and TASKS["listops"].metric == "accuracy"
     for name in DP_TASKS:
-        assert TASKS[name].kind == "language_modeling" and TASKS[name].metric == "exact_match"
+        assert TASKS[name].kind == "language_modeling" and TASKS[name].metric == "generated_accuracy"
 
 
 @pytest.mark.parametrize("name", ["listops", *DP_TASKS])

@@ -10,6 +10,13 @@
 # every task trains end to end on its real data and where each model stands early in training, not converged
 # accuracies; the task presets in configs/<task>/ are the longer runs. The main job (`transevolve compare`,
 # digits, 3 seeds) is not repeated here.
+#
+# The dynamic-programming tasks (arithmetic, lis, edit_distance) are graded by generated solutions, which every
+# evaluation decodes (edit distance: about 30 s more per model). A task whose directory already exists under OUT is
+# resumed, so finished runs are NOT re-evaluated: to re-measure some rows use a fresh OUT; summarise.py keeps the
+# other tasks' rows of results.json. The three DP rows alone (about 14 minutes on a quiet 2-core CPU):
+#
+#   OUT=runs/tasks-generated bash benchmarks/tasks/run.sh arithmetic lis edit_distance
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TRANSEVOLVE=${TRANSEVOLVE:-.venv/bin/transevolve}

@@ -246,7 +246,12 @@ def eval_command(
     beam: Annotated[int | None, typer.Option(help="Beam size for BLEU (default: the run's train.beam_size).",
                                              min=1)] = None,
 ) -> None:
-    """Evaluate a trained run's checkpoint on a split of its task (BLEU too for translation tasks)."""
+    """Evaluate a trained run's checkpoint on a split of its task (BLEU too for translation tasks).
+
+    Dynamic-programming tasks are graded by generation: the model solves each problem by greedy decoding from
+    the problem alone and the task's oracle checks the answer (generated_accuracy, the headline) and the chain
+    (chain_valid); the teacher-forced metrics follow as diagnostics.
+    """
     from transevolve.checkpoint import load_model
     from transevolve.tasks import get_task
     from transevolve.train.config import load_saved_run
@@ -264,9 +269,11 @@ def eval_command(
     beam_size = beam or run.train.beam_size
     examples = evaluated_examples(len(data.splits[split]), batch_size, max_examples=max_examples)
     search = "greedy decoding" if beam_size == 1 else f"beam {beam_size}"
+    generated = (f", solved by greedy decoding (at most {data.checker.max_new_tokens} new tokens each) and "
+                 "checked by the task's oracle" if data.checker is not None else "")
     err_console.print(f"evaluating {run_dir} ({checkpoint}) on {run.task.name}/{split}: {examples:,} examples"
-                      + (f", BLEU with {search} on {examples:,} sentences" if seq2seq else ""), highlight=False,
-                      soft_wrap=True)
+                      + (f", BLEU with {search} on {examples:,} sentences" if seq2seq else "") + generated,
+                      highlight=False, soft_wrap=True)
     metrics = evaluate(model.to(device), data, split, batch_size, device, bleu=seq2seq, beam_size=beam_size,
                        alpha=run.train.length_penalty, max_offset=run.train.decode_max_offset,
                        max_examples=max_examples, progress=True)
@@ -486,7 +493,7 @@ def _root(
 
 
 # Command groups that live next to their code (`transevolve data ...`, `transevolve bench ...`).
-_GROUPS = {"data": "transevolve.data.cli", "bench": "transevolve.bench.cli"}
+_GROUPS = {"data": "transevolve.data.cli", "bench": "transevolve.bench.cli", "study": "transevolve.study_cli"}
 
 
 def _add_groups() -> None:

@@ -13,7 +13,9 @@ A comparison file is a run file (``task``, ``model``, ``train``; see ``transevol
 Every model is trained with the same task split, training budget and seeds. The output directory holds one run
 directory per model and seed (``<model>/seed<k>``), ``comparison.json``, ``report.md`` and the plots (test metric
 against parameters and against training time, validation curves). Metrics are reported as mean and standard
-deviation over the seeds.
+deviation over the seeds. The headline metric is BLEU for translation, ``generated_accuracy`` for tasks graded
+by generation (the dynamic-programming tasks, which also report ``chain_valid``), and otherwise what selects the
+best checkpoint (``accuracy`` / ``token_accuracy``).
 """
 
 from __future__ import annotations
@@ -128,7 +130,21 @@ def _result_from_dir(run_dir: Path) -> RunResult:
                      payload["test"])
 
 
-def headline_metric(kind: str) -> str:
+GENERATED = "generated_accuracy"
+
+
+def graded_by_generation(results: dict[str, list[RunResult]] | None) -> bool:
+    """Whether the runs were evaluated by generated solutions (their metrics hold ``generated_accuracy``)."""
+    if not results:
+        return False
+    return any(GENERATED in r.test or GENERATED in r.validation for runs in results.values() for r in runs)
+
+
+def headline_metric(kind: str, results: dict[str, list[RunResult]] | None = None) -> str:
+    """BLEU for seq2seq, ``generated_accuracy`` when ``results`` were graded by generation, else the metric that
+    selects the best checkpoint."""
+    if graded_by_generation(results):
+        return GENERATED
     return "bleu" if kind == "seq2seq" else HEADLINE[kind]
 
 
@@ -140,18 +156,22 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summary_rows(results: dict[str, list[RunResult]], kind: str) -> list[dict[str, Any]]:
-    """One row per model: parameters, mean/std of the headline metric over seeds, time and throughput."""
-    metric = headline_metric(kind)
+    """One row per model: parameters, mean/std of the headline metric over seeds (for tasks graded by generation
+    also the mean ``chain_valid``), time and throughput. Every metric of every run is in ``comparison.json``."""
+    metric = headline_metric(kind, results)
     rows = []
     for name, runs in results.items():
         valid = _mean_std([r.validation.get(metric) for r in runs])
         test = _mean_std([r.test.get(metric) for r in runs])
-        rows.append({
+        row: dict[str, Any] = {
             "model": name, "parameters": runs[0].parameters, "seeds": len(runs),
             f"validation {metric}": valid[0], f"test {metric}": test[0], f"test {metric} std": test[1],
-            "train seconds": statistics.fmean(r.train_seconds for r in runs),
-            "tokens/s": statistics.fmean(r.tokens_per_second for r in runs), "steps": runs[0].steps,
-        })
+        }
+        if metric == GENERATED:
+            row["test chain_valid"] = _mean_std([r.test.get("chain_valid") for r in runs])[0]
+        row |= {"train seconds": statistics.fmean(r.train_seconds for r in runs),
+                "tokens/s": statistics.fmean(r.tokens_per_second for r in runs), "steps": runs[0].steps}
+        rows.append(row)
     return rows
 
 
@@ -165,7 +185,7 @@ def write_report(comparison: Comparison, results: dict[str, list[RunResult]], ou
     """``comparison.json``, ``report.md`` and the comparison plots."""
     first = next(iter(comparison.runs.values()))
     kind = task_kind(results)
-    metric = headline_metric(kind)
+    metric = headline_metric(kind, results)
     rows = summary_rows(results, kind)
     per_seed = {name: [{"seed": comparison.seeds[i], "validation": r.validation, "test": r.test,
                         "train_seconds": r.train_seconds, "tokens_per_second": r.tokens_per_second}
@@ -183,6 +203,11 @@ def write_report(comparison: Comparison, results: dict[str, list[RunResult]], ou
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row[k]) for k in header) + " |")
+    if metric == GENERATED:
+        lines += ["", "`generated_accuracy`: the model solves each problem by greedy decoding from the problem alone "
+                  "and the final answer is checked by the task's oracle; `chain_valid`: the whole generated "
+                  "derivation is right. The teacher-forced diagnostics (`token_accuracy`, `teacher_forced_exact`: "
+                  "given the reference chain) are in `comparison.json`."]
     lines += ["", f"Per seed (test {metric}):", ""]
     for name, runs in per_seed.items():
         lines.append(f"- {name}: " + ", ".join(f"seed {r['seed']}: {_fmt(r['test'].get(metric))}" for r in runs))
@@ -205,7 +230,7 @@ def _plot_comparison(results: dict[str, list[RunResult]], kind: str, out_dir: Pa
     from transevolve.train.plots import _matplotlib, read_metrics
 
     plt = _matplotlib()
-    metric = headline_metric(kind)
+    metric = headline_metric(kind, results)
     paths = []
     for x_key, x_label, file in (("parameters", "trainable parameters", "metric_vs_parameters.png"),
                                  ("train_seconds", "training time (s)", "metric_vs_time.png")):
@@ -223,7 +248,7 @@ def _plot_comparison(results: dict[str, list[RunResult]], kind: str, out_dir: Pa
         plt.close(fig)
         paths.append(out_dir / file)
     fig, ax = plt.subplots(figsize=(6, 4))
-    validation_metric = HEADLINE[kind]
+    validation_metric = GENERATED if metric == GENERATED else HEADLINE[kind]
     for index, (name, runs) in enumerate(results.items()):
         for seed_index, r in enumerate(runs):
             valid = [m for m in read_metrics(r.run_dir) if m["split"] == "validation"]

@@ -1,14 +1,27 @@
 """Shared machinery of the generated tasks: fixed vocabularies, option presets, seeded split generation with
-de-duplication, and the dynamic-programming (DP) task base class with its teacher-forced metric.
+de-duplication, and the dynamic-programming (DP) task base class with its metrics.
 
 DP tasks (arithmetic modulo p, longest increasing subsequence, edit distance; Feng et al. 2023, arXiv 2305.15408,
 as used by Yang et al. 2024, arXiv 2402.13934) are language-modelling tasks. One example is::
 
     ids         = [BOS] prompt SEP cot answer [EOS]          (cot is empty in the "direct" format)
     loss_mask   = True on every token after the first SEP   (cot, answer and EOS are trained)
-    answer_mask = True on the answer tokens                 (graded by the metric "exact_match")
+    answer_mask = True on the answer tokens                 (teacher-forced diagnostic "teacher_forced_exact")
 
 A model reads ``ids[:-1]`` and predicts ``ids[1:]`` (see :mod:`transevolve.tasks.base`).
+
+Grading by generation (the headline metric): a model greedily continues ``[BOS] prompt SEP`` (the problem only,
+:meth:`DPTask.generation_prompt`) for at most :attr:`DPTask.max_new_tokens` tokens, and
+:meth:`DPTask.check_generation` grades what it wrote against an oracle computed from the prompt:
+
+- *parsed*: the generation ends with EOS and its last token before EOS is a number, preceded by the answer
+  separator or by nothing (the direct format allows nothing else: exactly ``answer EOS``);
+- *answer correct*: parsed, and that number is the oracle's answer for the problem (the true value mod p, the
+  true LIS length, the true weighted edit distance), however the chain looks;
+- *chain valid*: the answer is correct and every chain-of-thought step is right (the task's
+  :meth:`DPTask.chain_is_valid`); in the direct format it equals *answer correct*.
+
+The reference chain and answer stored in the example are never read.
 
 Splits are pure functions of ``(seed, options)``: each split draws from its own random stream, in the order test,
 validation, train, and skips any prompt already drawn, so the three splits are disjoint and the test set does
@@ -29,7 +42,16 @@ import torch
 import torch.nn.functional as F
 
 from transevolve.tasks import _cache
-from transevolve.tasks.base import BOS_ID, EOS_ID, PAD_ID, ExampleDataset, Task, TaskData, TaskKind
+from transevolve.tasks.base import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    ExampleDataset,
+    GenerationCheck,
+    Task,
+    TaskData,
+    TaskKind,
+)
 
 T = TypeVar("T")
 
@@ -172,12 +194,16 @@ class DPTask(Task):
     """
 
     kind: ClassVar[TaskKind] = "language_modeling"
-    metric: ClassVar[str] = "exact_match"
+    metric: ClassVar[str] = "generated_accuracy"
     #: Generator version: part of the cache key; bump it whenever the generated data changes.
     version: ClassVar[int] = 1
     presets: ClassVar[dict[str, dict[str, Any]]]
     #: The token that separates the prompt from the chain of thought / answer.
     separator: ClassVar[str] = "<sep>"
+    #: The token just before the answer in the chain-of-thought format.
+    answer_separator: ClassVar[str] = "<sep>"
+    #: Id of the number 0; the number k has id ``number_offset + k``.
+    number_offset: ClassVar[int]
 
     options: dict[str, Any]
     vocab: WordVocab
@@ -207,6 +233,73 @@ class DPTask(Task):
     @property
     def vocab_size(self) -> int:
         return self.vocab.vocab_size
+
+    # --------------------------------------------------------------------------------------------------------
+    # Grading generated solutions (the SolutionChecker protocol of transevolve.tasks.base)
+
+    @abstractmethod
+    def max_target_length(self) -> int:
+        """The most tokens any target (everything after the first separator, EOS included) can have."""
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Decoding limit: the longest possible target plus a margin of 10% (at least 4 tokens)."""
+        longest = self.max_target_length()
+        return longest + max(4, longest // 10)
+
+    @abstractmethod
+    def oracle_answer(self, question: list[int]) -> int:
+        """The true answer to ``question`` (the prompt's tokens without BOS and separator), computed from it."""
+
+    @abstractmethod
+    def chain_is_valid(self, question: list[int], chain: list[int]) -> bool:
+        """Whether ``chain`` (the generated tokens before the answer, the answer separator included) is a right
+        chain of thought for ``question``."""
+
+    def number(self, token: int) -> int | None:
+        """The number a token stands for, or None when it is not a number token."""
+        value = int(token) - self.number_offset
+        return value if 0 <= value < self.vocab_size - self.number_offset else None
+
+    def generation_prompt(self, ids: Sequence[int]) -> list[int]:
+        """``[BOS] prompt SEP``: an example's ids up to and including the first separator (the problem only)."""
+        ids = [int(i) for i in ids]
+        separator = self.vocab[self.separator]
+        if separator not in ids:
+            raise ValueError(f"{self.name}: no separator {self.separator!r} in the example {ids[:40]}")
+        return ids[: ids.index(separator) + 1]
+
+    def _question(self, prompt: Sequence[int]) -> list[int]:
+        question = [int(i) for i in prompt]
+        if question and question[0] == BOS_ID:
+            question = question[1:]
+        if question and question[-1] == self.vocab[self.separator]:
+            question = question[:-1]
+        return question
+
+    def check_generation(self, prompt: Sequence[int], generated: Sequence[int]) -> GenerationCheck:
+        """Grade ``generated`` as a solution of ``prompt`` (see the module docstring for the definitions).
+
+        Args:
+            prompt: the problem, as :meth:`generation_prompt` gives it (BOS and separator optional).
+            generated: the generated tokens after the prompt; the solution ends at the first EOS (anything after
+                it, e.g. padding, is ignored). Without an EOS the generation is a parse error.
+        """
+        question = self._question(prompt)
+        expected = self.oracle_answer(question)
+        tokens = [int(t) for t in generated]
+        if EOS_ID not in tokens:
+            return GenerationCheck(False, False, False)
+        output = tokens[: tokens.index(EOS_ID)]
+        answer = self.number(output[-1]) if output else None
+        chain = output[:-1]
+        allowed = not chain or (self.options["format"] == "cot" and chain[-1] == self.vocab[self.answer_separator])
+        if answer is None or not allowed:
+            return GenerationCheck(False, False, False)
+        correct = answer == expected
+        if self.options["format"] == "direct":
+            return GenerationCheck(correct, correct, True)
+        return GenerationCheck(correct, correct and self.chain_is_valid(question, chain), True)
 
     def encode_problem(self, problem: DPProblem) -> tuple[list[int], list[bool], list[bool]]:
         """``(ids, loss_mask, answer_mask)`` of a problem in the configured format."""
@@ -239,7 +332,7 @@ class DPTask(Task):
         info = {"preset": self.preset, "options": dict(self.options), "version": self.version, "seed": seed,
                 "seconds": round(time.perf_counter() - start, 3), **cache_info}
         return TaskData(name=self.name, kind=self.kind, metric=self.metric, vocab_size=self.vocab_size,
-                        splits=datasets, tokenizer=self.vocab, max_length=max_length, info=info)
+                        splits=datasets, tokenizer=self.vocab, max_length=max_length, info=info, checker=self)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -17,7 +17,11 @@ sub-expression (two numbers and one operator, with its parentheses if any) into 
     cot:    <bos> 3 + 3 - ( 7 + 2 ) = 3 + 3 - 9 = 3 + 5 = 8 <eos>
     direct: <bos> 3 + 3 - ( 7 + 2 ) = 8 <eos>
 
-The loss covers everything after the first ``=``; the answer (one number token) is graded by exact match.
+The loss covers everything after the first ``=``. Graded by generation (:mod:`transevolve.tasks._dp_common`):
+the answer must be the value of the prompt modulo p (:func:`evaluate_expression`, a recursive-descent parser).
+The chain is *not* unique (the generator collapses sub-expressions in a random valid order), so a generated chain
+is not compared with the stored one: it is valid when every expression is a legal one-step reduction of the
+previous one (:func:`one_step_reductions`; the prompt first) and the last expression reduces to the answer.
 
 Token table (fixed; ``vocab_size = 10 + p``, 21 for p = 11 as in Feng et al.)::
 
@@ -33,6 +37,7 @@ Speed (one core of a 2-core Xeon, CPU time of a first ``load``, cache write and 
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any, ClassVar
 
@@ -47,6 +52,99 @@ LPAREN_ID, RPAREN_ID, EQUALS_ID = 7, 8, 9
 NUMBER_OFFSET = 10
 _PRECEDENCE = (1, 1, 2, 2)
 _LEAF = -1
+
+
+def _apply(op: int, a: int, b: int, p: int) -> int | None:
+    """``a op b`` modulo p; None for a division by zero."""
+    if op == ADD:
+        return (a + b) % p
+    if op == SUB:
+        return (a - b) % p
+    if op == MUL:
+        return a * b % p
+    return None if b % p == 0 else a * pow(b, -1, p) % p
+
+
+def evaluate_expression(tokens: list[int], p: int) -> int:
+    """The value modulo p of an expression given as token ids (``*`` and ``/`` bind tighter, operators of equal
+    precedence group to the left, parentheses as written). Raises ``ValueError`` when it is malformed or
+    divides by zero.
+
+    Grammar: ``expr := term ((+|-) term)*``, ``term := factor ((*|/) factor)*``, ``factor := number | ( expr )``.
+    """
+    position = 0
+
+    def peek() -> int | None:
+        return tokens[position] if position < len(tokens) else None
+
+    def chain(operand: Any, ops: tuple[int, int]) -> int:
+        nonlocal position
+        value = operand()
+        while peek() in (OPERATOR_IDS[ops[0]], OPERATOR_IDS[ops[1]]):
+            op = OPERATOR_IDS.index(tokens[position])
+            position += 1
+            result = _apply(op, value, operand(), p)
+            if result is None:
+                raise ValueError(f"division by zero in {tokens}")
+            value = result
+        return value
+
+    def factor() -> int:
+        nonlocal position
+        token = peek()
+        position += 1
+        if token == LPAREN_ID:
+            value = expr()
+            if peek() != RPAREN_ID:
+                raise ValueError(f"unbalanced parentheses in {tokens}")
+            position += 1
+            return value
+        if token is None or not NUMBER_OFFSET <= token < NUMBER_OFFSET + p:
+            raise ValueError(f"expected a number at position {position - 1} of {tokens}")
+        return token - NUMBER_OFFSET
+
+    def expr() -> int:
+        return chain(lambda: chain(factor, (MUL, DIV)), (ADD, SUB))
+
+    value = expr()
+    if position != len(tokens):
+        raise ValueError(f"trailing tokens at position {position} of {tokens}")
+    return value
+
+
+def one_step_reductions(tokens: list[int], p: int) -> list[list[int]]:
+    """Every expression obtained from ``tokens`` by evaluating one operator first, as the chain of thought does.
+
+    A step replaces ``a op b`` (two numbers) by its value modulo p, together with the parentheses around it when
+    they enclose exactly ``a op b``; nothing else changes. Without such parentheses the step must be allowed by
+    precedence and associativity: the operator after ``b`` may not bind tighter than ``op``, and the operator
+    before ``a`` may not bind tighter, nor equally tight when it is ``-`` or ``/`` (``x - a + b`` is not
+    ``x - (a + b)``). Every legal step keeps the value of the expression; a division by zero is not a step.
+    """
+    numbers = range(NUMBER_OFFSET, NUMBER_OFFSET + p)
+    reductions = []
+    for i in range(1, len(tokens) - 1):
+        if tokens[i] not in OPERATOR_IDS or tokens[i - 1] not in numbers or tokens[i + 1] not in numbers:
+            continue
+        op = OPERATOR_IDS.index(tokens[i])
+        value = _apply(op, tokens[i - 1] - NUMBER_OFFSET, tokens[i + 1] - NUMBER_OFFSET, p)
+        if value is None:
+            continue
+        start, stop = i - 1, i + 2
+        before = tokens[start - 1] if start > 0 else None
+        after = tokens[stop] if stop < len(tokens) else None
+        if before == LPAREN_ID and after == RPAREN_ID:
+            start, stop = start - 1, stop + 1
+        else:
+            if after in OPERATOR_IDS and _PRECEDENCE[OPERATOR_IDS.index(after)] > _PRECEDENCE[op]:
+                continue
+            if before in OPERATOR_IDS:
+                left = OPERATOR_IDS.index(before)
+                if _PRECEDENCE[left] > _PRECEDENCE[op] or (_PRECEDENCE[left] == _PRECEDENCE[op]
+                                                           and left in (SUB, DIV)):
+                    continue
+        reductions.append([*tokens[:start], NUMBER_OFFSET + value, *tokens[stop:]])
+    return reductions
 
 
 def is_prime(p: int) -> bool:
@@ -103,6 +201,8 @@ class ArithmeticTask(DPTask):
     name: ClassVar[str] = "arithmetic"
     description: ClassVar[str] = "Evaluate an expression over Z_p (+ - * /), direct or chain of thought"
     separator: ClassVar[str] = "="
+    answer_separator: ClassVar[str] = "="
+    number_offset: ClassVar[int] = NUMBER_OFFSET
     version: ClassVar[int] = 1
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"num_operators": 3, "p": 11, "format": "cot", "num_train": 200, "num_validation": 50,
@@ -164,3 +264,33 @@ class ArithmeticTask(DPTask):
             collapsed.add(node)
             steps += [*tree.render(collapsed), EQUALS_ID]
         return DPProblem(prompt=prompt, cot=steps, answer=[NUMBER_OFFSET + tree.value[0]])
+
+    # Grading generated solutions
+
+    def max_target_length(self) -> int:
+        """CoT: the expressions with ``m - 1 .. 1`` operators, each followed by ``=``, then ``answer <eos>``. An
+        expression with ``j`` operators has ``2 j + 1`` numbers and operators and at most ``j - 1`` pairs of
+        parentheses (never around the whole expression), so the target has at most ``2 m (m - 1) + 2`` tokens."""
+        m = self.options["num_operators"]
+        return 2 * m * (m - 1) + 2 if self.options["format"] == "cot" else 2
+
+    def oracle_answer(self, question: list[int]) -> int:
+        return evaluate_expression(question, self.options["p"])
+
+    def chain_is_valid(self, question: list[int], chain: list[int]) -> bool:
+        """Every expression of the chain is a legal one-step reduction of the previous one (the prompt first), and
+        the last one reduces in one step to the value of the prompt."""
+        p = self.options["p"]
+        expressions = [question]
+        if chain:
+            pieces: list[list[int]] = [[]]
+            for token in chain[:-1]:          # the chain ends with "=" (checked by check_generation)
+                if token == EQUALS_ID:
+                    pieces.append([])
+                else:
+                    pieces[-1].append(token)
+            expressions += pieces
+        for previous, current in itertools.pairwise(expressions):
+            if current not in one_step_reductions(previous, p):
+                return False
+        return [NUMBER_OFFSET + self.oracle_answer(question)] in one_step_reductions(expressions[-1], p)

@@ -15,6 +15,10 @@ Examples are dicts of 1-D ``torch.long`` tensors, by task kind:
   metric (e.g. the final answer after a chain of thought).
 
 Token ids: 0 is padding everywhere; sequence tasks use 1 = BOS and 2 = EOS (the official convention).
+
+A task graded by what a model *generates* (the dynamic-programming tasks) also gives a :class:`SolutionChecker`
+(``TaskData.checker``): the prompt to decode from, a decoding length limit, and a check of a generated solution
+against an oracle computed from the problem alone (see :mod:`transevolve.tasks._dp_common`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 import torch
 from torch.utils.data import Dataset
@@ -64,6 +68,39 @@ class ExampleDataset(Dataset):
         return [max(int(t.numel()) for t in ex.values() if t.dim() == 1) for ex in self.examples]
 
 
+class GenerationCheck(NamedTuple):
+    """The verdict on one generated solution.
+
+    Attributes:
+        answer_correct: the final answer could be read and equals the oracle's answer for the problem.
+        chain_valid: the whole generation is a valid derivation (every chain-of-thought step right and the answer
+            correct); in the direct format (no chain) it equals ``answer_correct``.
+        parsed: the final answer could be read at all (``not parsed`` is a parse error).
+    """
+
+    answer_correct: bool
+    chain_valid: bool
+    parsed: bool
+
+
+class SolutionChecker(Protocol):
+    """Grades generated solutions of a task from its problems alone (never from the reference solution)."""
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Decoding stops after this many generated tokens (the longest possible target plus a margin)."""
+        ...
+
+    def generation_prompt(self, ids: Sequence[int]) -> list[int]:
+        """The decoder input of an example's ``ids``: everything up to and including the separator that starts
+        the answer (the problem only)."""
+        ...
+
+    def check_generation(self, prompt: Sequence[int], generated: Sequence[int]) -> GenerationCheck:
+        """Grade ``generated`` (the tokens after ``prompt``, ending with EOS) as a solution of ``prompt``."""
+        ...
+
+
 @dataclass
 class TaskData:
     """A loaded task.
@@ -71,13 +108,15 @@ class TaskData:
     Attributes:
         name: registry name.
         kind: classification, seq2seq or language_modeling.
-        metric: name of the headline metric (``accuracy``, ``bleu``, ``exact_match``, ...).
+        metric: name of the headline metric (``accuracy``, ``bleu``, ``generated_accuracy``, ...).
         vocab_size: ids are in ``[0, vocab_size)``.
         splits: ``train``, ``validation`` and ``test`` datasets.
         num_classes: for classification.
         tokenizer: for text tasks (decoding predictions, BLEU on detokenized text).
         max_length: the longest sequence in any split (source or target).
         info: free-form facts worth printing (source package, version, licence, sizes).
+        checker: for tasks graded by generation (the DP tasks): prompts, decoding limit and the oracle check of a
+            generated solution; the headline metric is then ``generated_accuracy``.
     """
 
     name: str
@@ -89,6 +128,7 @@ class TaskData:
     tokenizer: Tokenizer | None = None
     max_length: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    checker: SolutionChecker | None = None
 
 
 class Task(ABC):

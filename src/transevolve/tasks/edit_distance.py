@@ -16,7 +16,9 @@ columns ``j = 1..|s2|``, each row followed by ``,``; then ``<sep>`` and the answ
     cot:    <bos> o v v v | o v f v v <sep> 0 2 4 6 8 , 2 0 2 4 6 , 4 2 3 2 4 , 6 4 5 3 2 , <sep> 2 <eos>
     direct: <bos> o v v v | o v f v v <sep> 2 <eos>
 
-The loss covers everything after the first ``<sep>``; the answer (one number token) is graded by exact match.
+The loss covers everything after the first ``<sep>``. Graded by generation (:mod:`transevolve.tasks._dp_common`):
+the answer must be the true weighted edit distance of the two prompt strings, and the chain is valid when the
+generated table is exactly the true DP table, rows ended by ``,`` (the chain is unique).
 
 Token table (fixed for given options)::
 
@@ -87,6 +89,7 @@ class EditDistanceTask(DPTask):
     name: ClassVar[str] = "edit_distance"
     description: ClassVar[str] = "Edit distance (insert/delete 2, substitute 3), direct or chain of thought (DP table)"
     version: ClassVar[int] = 1
+    number_offset: ClassVar[int] = NUMBER_OFFSET
     _common: ClassVar[dict[str, Any]] = {"alphabet_min": 3, "alphabet_max": 10, "insert_cost": 2, "delete_cost": 2,
                                          "substitute_cost": 3, "random_fraction": 0.4, "format": "cot"}
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -166,3 +169,33 @@ class EditDistanceTask(DPTask):
         steps.append(SEP_ID)
         return DPProblem(prompt=[*(LETTER_OFFSET + c for c in s1), BAR_ID, *(LETTER_OFFSET + c for c in s2)],
                          cot=steps, answer=[NUMBER_OFFSET + table[-1][-1]])
+
+    # Grading generated solutions
+
+    def max_target_length(self) -> int:
+        """The table (at most ``n`` rows, the shorter string, of at most ``n + 2`` numbers and a comma), then
+        ``<sep> answer <eos>``; or ``answer <eos>`` (direct)."""
+        n = self.options["n"]
+        return n * (self.length_range[1] + 1) + 3 if self.options["format"] == "cot" else 2
+
+    def _strings(self, question: list[int]) -> tuple[list[int], list[int]]:
+        letters = range(LETTER_OFFSET, LETTER_OFFSET + 26)
+        if question.count(BAR_ID) != 1 or any(t not in letters for t in question if t != BAR_ID):
+            raise ValueError(f"{self.name}: the prompt {question} is not two strings separated by |")
+        bar = question.index(BAR_ID)
+        return question[:bar], question[bar + 1:]
+
+    def _table(self, question: list[int]) -> list[list[int]]:
+        o = self.options
+        return edit_table(*self._strings(question), o["insert_cost"], o["delete_cost"], o["substitute_cost"])
+
+    def oracle_answer(self, question: list[int]) -> int:
+        return self._table(question)[-1][-1]
+
+    def chain_is_valid(self, question: list[int], chain: list[int]) -> bool:
+        """The chain must be the true table: rows ``1..|s1|``, columns ``1..|s2|``, each row then ``,``; then
+        ``<sep>``."""
+        expected: list[int] = []
+        for row in self._table(question)[1:]:
+            expected += [*(NUMBER_OFFSET + cost for cost in row[1:]), COMMA_ID]
+        return chain == [*expected, SEP_ID]

@@ -14,7 +14,9 @@ Chain of thought: ``dp_1 .. dp_n`` with ``dp_i`` the length of the longest incre
     cot:    <bos> 111 85 215 188 210 31 223 165 <sep> 1 1 2 2 3 1 4 2 <sep> 4 <eos>
     direct: <bos> 111 85 215 188 210 31 223 165 <sep> 4 <eos>
 
-The loss covers everything after the first ``<sep>``; the answer (one number token) is graded by exact match.
+The loss covers everything after the first ``<sep>``. Graded by generation (:mod:`transevolve.tasks._dp_common`):
+the answer must be the true LIS length of the input (computed by patience sorting, an algorithm independent of
+the DP), and the chain is valid when the generated ``dp`` array is exactly the true one (the chain is unique).
 
 Token table (fixed; ``vocab_size = 4 + number_range``, 254 for Feng et al.'s 250)::
 
@@ -31,6 +33,7 @@ Speed (one core of a 2-core Xeon, CPU time of a first ``load``, cache write and 
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
 from collections.abc import Sequence
@@ -51,6 +54,19 @@ def lis_table(values: Sequence[int]) -> list[int]:
     return dp
 
 
+def lis_length(values: Sequence[int]) -> int:
+    """Length of the longest strictly increasing subsequence by patience sorting (O(n log n)):
+    ``tails[k]`` is the smallest possible last value of an increasing subsequence of length ``k + 1``."""
+    tails: list[int] = []
+    for value in values:
+        position = bisect.bisect_left(tails, value)   # strict: an equal value replaces, never extends
+        if position == len(tails):
+            tails.append(value)
+        else:
+            tails[position] = value
+    return len(tails)
+
+
 @register_task
 class LISTask(DPTask):
     """Longest increasing subsequence of ``n`` numbers (see the module docstring).
@@ -67,6 +83,7 @@ class LISTask(DPTask):
     name: ClassVar[str] = "lis"
     description: ClassVar[str] = "Longest increasing subsequence length, direct or chain of thought (DP array)"
     version: ClassVar[int] = 1
+    number_offset: ClassVar[int] = NUMBER_OFFSET
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"n": 8, "number_range": 250, "format": "cot", "num_train": 200, "num_validation": 50,
                  "num_test": 50},
@@ -113,3 +130,22 @@ class LISTask(DPTask):
         return DPProblem(prompt=[NUMBER_OFFSET + v for v in values],
                          cot=[*(NUMBER_OFFSET + d for d in dp), SEP_ID],
                          answer=[NUMBER_OFFSET + max(dp)])
+
+    # Grading generated solutions
+
+    def max_target_length(self) -> int:
+        """``dp_1 .. dp_n <sep> answer <eos>`` (cot) or ``answer <eos>`` (direct)."""
+        return self.options["n"] + 3 if self.options["format"] == "cot" else 2
+
+    def _values(self, question: list[int]) -> list[int]:
+        values = [self.number(token) for token in question]
+        if not values or any(v is None for v in values):
+            raise ValueError(f"{self.name}: the prompt {question} is not a sequence of numbers")
+        return values  # type: ignore[return-value]
+
+    def oracle_answer(self, question: list[int]) -> int:
+        return lis_length(self._values(question))
+
+    def chain_is_valid(self, question: list[int], chain: list[int]) -> bool:
+        """The chain must be the true ``dp`` array, then ``<sep>``."""
+        return chain == [*(NUMBER_OFFSET + d for d in lis_table(self._values(question))), SEP_ID]

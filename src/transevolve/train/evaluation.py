@@ -1,4 +1,17 @@
-"""Evaluation on a split: loss and the task's metrics (accuracy, token accuracy, exact match, BLEU)."""
+"""Evaluation on a split: loss and the task's metrics (accuracy, token accuracy, BLEU, generated-solution accuracy).
+
+Tasks graded by generation (``TaskData.checker``: the dynamic-programming tasks) are scored on what the model
+writes from the problem alone: the model greedily continues each example's prompt (``[BOS] problem SEP``; the
+reference chain and answer are never fed) and the task's oracle grades the result. Their metrics, headline first:
+
+- ``generated_accuracy``: fraction of examples whose generated final answer equals the oracle's answer;
+- ``chain_valid``: fraction whose whole generated derivation is valid (chain of thought and answer);
+- ``parse_error``: fraction whose final answer could not be read (no EOS, or not ``... SEP number EOS``);
+
+then the teacher-forced diagnostics ``loss``, ``token_accuracy`` (targets right given the reference prefix),
+``perplexity`` and ``teacher_forced_exact`` (every answer token right given the reference prefix, chain of
+thought included: with a chain of thought it mostly measures copying the answer out of the given chain).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +23,17 @@ from torch import nn
 from transevolve.tasks.base import EOS_ID, PAD_ID, ExampleDataset, TaskData, collate
 from transevolve.train.batching import epoch_batches
 from transevolve.train.objectives import forward_loss
+
+#: Metrics of generated solutions (tasks with a ``checker``), in report order; ``generated_accuracy`` is the headline.
+GENERATED_METRICS = ("generated_accuracy", "chain_valid", "parse_error")
+
+
+def headline_metric(data: TaskData) -> str:
+    """The metric that ranks checkpoints and runs: ``generated_accuracy`` for tasks graded by generation,
+    ``accuracy`` for classification, ``token_accuracy`` otherwise (BLEU is only computed at the end)."""
+    if data.checker is not None:
+        return "generated_accuracy"
+    return "accuracy" if data.kind == "classification" else "token_accuracy"
 
 
 def _batches(dataset: ExampleDataset, batch_size: int, max_batches: int, max_examples: int = 0) -> list[list[int]]:
@@ -29,12 +53,15 @@ def evaluated_examples(size: int, batch_size: int, max_batches: int = 0, max_exa
 def evaluate(model: nn.Module, data: TaskData, split: str, batch_size: int, device: torch.device,
              max_batches: int = 0, bleu: bool = False, beam_size: int = 1, alpha: float = 0.6,
              max_offset: int = 50, max_examples: int = 0, bleu_max_sentences: int = 0,
-             progress: bool = False) -> dict[str, float]:
-    """Teacher-forced loss and metrics on ``split``; BLEU (sacrebleu, detokenized) when ``bleu`` is set.
+             progress: bool = False, generate: bool = True, generate_max_examples: int = 0) -> dict[str, float]:
+    """Teacher-forced loss and metrics on ``split``; BLEU (sacrebleu, detokenized) when ``bleu`` is set; for tasks
+    graded by generation (``data.checker``), the generated-solution metrics first (see the module docstring)
+    unless ``generate`` is False.
 
     ``max_batches`` and ``max_examples`` (0 = no limit) bound the examples read (the first ones, in a fixed
-    order); ``bleu_max_sentences`` further bounds the sentences decoded for BLEU. ``progress`` shows the
-    examples done, the rate and the ETA on stderr (see :class:`~transevolve.train.progress.Progress`).
+    order); ``bleu_max_sentences`` further bounds the sentences decoded for BLEU and ``generate_max_examples``
+    the examples solved by generation. ``progress`` shows the examples done, the rate and the ETA on stderr (see
+    :class:`~transevolve.train.progress.Progress`).
     """
     from transevolve.train.progress import Progress
 
@@ -68,7 +95,12 @@ def evaluate(model: nn.Module, data: TaskData, split: str, batch_size: int, devi
         metrics["token_accuracy"] = totals["correct"] / units
         metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
         if "answered" in totals:
-            metrics["exact_match"] = totals["exact"] / max(totals["answered"], 1.0)
+            metrics["teacher_forced_exact"] = totals["exact"] / max(totals["answered"], 1.0)
+    if generate and data.checker is not None:
+        examples = evaluated_examples(len(dataset), batch_size, max_batches, max_examples)
+        if generate_max_examples:
+            examples = min(examples, generate_max_examples)
+        metrics = generated_solution_metrics(model, data, split, batch_size, device, examples, progress) | metrics
     if bleu and data.kind == "seq2seq":
         sentences = evaluated_examples(len(dataset), batch_size, max_batches, max_examples)
         if bleu_max_sentences:
@@ -77,6 +109,55 @@ def evaluate(model: nn.Module, data: TaskData, split: str, batch_size: int, devi
                                       max_sentences=sentences, progress=progress)
     model.train(was_training)
     return metrics
+
+
+def generated_solution_metrics(model: nn.Module, data: TaskData, split: str, batch_size: int, device: torch.device,
+                               max_examples: int = 0, progress: bool = False) -> dict[str, float]:
+    """Solve the first ``max_examples`` examples of ``split`` (0 = all) by cached greedy decoding and grade them
+    with ``data.checker``: ``{"generated_accuracy", "chain_valid", "parse_error"}`` (fractions of the examples).
+
+    Each prompt is ``[BOS] problem SEP`` (:meth:`~transevolve.tasks.base.SolutionChecker.generation_prompt`);
+    prompts of equal length are decoded together, ``batch_size`` at a time (positions must match training, so
+    prompts are never padded). A row stops at EOS or after ``checker.max_new_tokens`` tokens.
+    """
+    from transevolve.decoding import greedy_search
+    from transevolve.train.progress import Progress
+
+    checker = data.checker
+    if checker is None:
+        raise ValueError(f"task {data.name!r} is not graded by generation (it has no solution checker)")
+    if data.kind != "language_modeling":
+        raise ValueError(f"task {data.name!r}: generated solutions need a language-modelling task")
+    dataset = data.splits[split]
+    size = min(len(dataset), max_examples) if max_examples else len(dataset)
+    prompts = [checker.generation_prompt(dataset[i]["ids"].tolist()) for i in range(size)]
+    by_length: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(index)
+    was_training = model.training
+    model.eval()
+    counts = dict.fromkeys(GENERATED_METRICS, 0)
+    bar = Progress(size, enabled=progress, title=f"generate {data.name}/{split} (greedy)", unit="examples",
+                   summary=True)
+    done = 0
+    try:
+        for length in sorted(by_length):
+            group = by_length[length]
+            for start in range(0, len(group), batch_size):
+                rows = group[start:start + batch_size]
+                prompt = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=device)
+                decoded = greedy_search(model, prompt=prompt, max_new_tokens=checker.max_new_tokens)
+                for index, generated in zip(rows, decoded.tokens.tolist(), strict=True):
+                    check = checker.check_generation(prompts[index], generated)
+                    counts["generated_accuracy"] += check.answer_correct
+                    counts["chain_valid"] += check.chain_valid
+                    counts["parse_error"] += not check.parsed
+                done += len(rows)
+                bar.update(done, stats=f"accuracy {counts['generated_accuracy'] / done:.3f}")
+    finally:
+        bar.close()
+        model.train(was_training)
+    return {name: count / max(size, 1) for name, count in counts.items()}
 
 
 def decode_batch(model: nn.Module, src: torch.Tensor, beam_size: int = 1, alpha: float = 0.6,

@@ -30,7 +30,7 @@ from transevolve.params import count_parameters
 from transevolve.tasks import TaskData, collate, get_task
 from transevolve.train.batching import epoch_batches, shard, token_budget_batches
 from transevolve.train.config import RunConfig, TrainConfig
-from transevolve.train.evaluation import evaluate
+from transevolve.train.evaluation import evaluate, headline_metric
 from transevolve.train.objectives import forward_loss, loss_units
 from transevolve.train.progress import Progress
 from transevolve.train.state import CheckpointStore, TrainerState, load_training_checkpoint
@@ -449,7 +449,7 @@ def _evaluate(model: nn.Module, data: TaskData, cfg: TrainConfig, device: torch.
               log: MetricsLog, progress: Progress) -> tuple[bool, bool]:
     """Validate and update the best metric; returns (improved, early stopping triggers)."""
     metrics = evaluate(model, data, "validation", cfg.batch_size, device, cfg.eval_batches)
-    headline = HEADLINE[data.kind]
+    headline = headline_metric(data)
     log.write({"step": state.step, "split": "validation", **metrics})
     progress.note(f"step {state.step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     improved = state.best_metric is None or metrics[headline] > state.best_metric
