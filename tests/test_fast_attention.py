@@ -404,8 +404,10 @@ def test_workspace_made_in_inference_mode_is_not_reused_outside_it() -> None:
         torch.testing.assert_close(_gradients(fast)[name], grad, rtol=0, atol=ATOL, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_autocast_uses_the_reference_path() -> None:
+def test_bf16_autocast_keeps_the_fast_paths_float16_does_not() -> None:
     assert resolve_impl("auto", 1, 1, 8, 8) == "factorised"
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert resolve_impl("auto", 1, 1, 8, 8) == "factorised"
+        assert resolve_impl("low_memory", 1, 1, 8, 8) == "low_memory"
+    with torch.autocast("cpu", dtype=torch.float16):
         assert resolve_impl("auto", 1, 1, 8, 8) == "reference"
-        assert resolve_impl("low_memory", 1, 1, 8, 8) == "reference"

@@ -134,7 +134,8 @@ class ModelConfig:
             ``scaled_dot_product_attention`` and never stores an n x n tensor. ``auto`` (default) picks ``factorised``
             unless its n x n tensor would be large, then ``low_memory``. The fast paths skip the inert terms,
             agree with ``reference`` to float rounding (and rescue rows whose factorised denominator would
-            underflow), and fall back to ``reference`` when intermediates are requested or autocast is on.
+            underflow), and fall back to ``reference`` when intermediates are requested or under float16
+            autocast (bf16 autocast keeps the fast paths, with float32 normalisers).
             Softmax attention always uses fused attention (its explicit path when weights are requested) whatever
             this says. Sparse and linear attention: ``reference`` computes the explicit n x n logits (kernel
             matrix) with the pattern (causal) mask; every other value selects their fast path, which never forms an

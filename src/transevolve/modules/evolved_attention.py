@@ -44,11 +44,36 @@ visible key) attend uniformly to every key in every dtype, as the official ``-1e
 float32 (:func:`official_masked_logits`); the fast paths write that mean of the values directly and add a
 zero-valued term that carries the gradient the reference path gives those rows (the official softmax Jacobian at
 uniform weights, :func:`blocked_row_surrogate`), so training matches too.
+
+Mixed precision (``torch.autocast`` with bfloat16, e.g. ``train.precision=bf16``): every path runs. The fast paths
+take the dtypes into their own hands (autocast is switched off inside them, :func:`_product_dtype` says what the
+products use) and keep float32 where accuracy needs it:
+
+- bf16 products: the projections ``Q``, ``K`` and ``W_O`` (through autocast), ``A0 = q k^T``, the layers'
+  ``E [w V, w]`` and every product of the backward kernels; the fused flash kernel of ``low_memory`` gets bf16
+  ``[q; 1]``, ``[k; bias]`` and values (it accumulates, takes the maximum, exponentiates and normalises in float32).
+- float32: the key biases ``K (P_Q . tau)`` and ``P_Q . tau`` (small products: ``D h`` multiply-adds per key and
+  layer; they sit in the exponent, where bf16 rounding would be an absolute error of ``|beta| 2^-9``), the weights
+  ``w = exp(beta - max beta)``, the values ``LN(V_src)`` (LayerNorm of the float32 residual stream), the rows
+  rescued from underflow and the attention weights of ``return_weights``. The kernel ``E = softmax(A0)`` is
+  stored in bf16, but PyTorch's CPU softmax takes the row maximum and sum in float32 (the result is float32
+  softmax rounded once). ``E w`` and ``E (w V)`` come out of one bf16 product (accumulated in float32, rounded
+  once): they share the rounding of ``E`` and ``w``, so every row still mixes with weights that sum to 1. The
+  underflow floor of bf16 denominators is float32's (same exponent range).
+- The sub-layer returns what autocast gives a linear layer (bf16), so the residual stream ``x + update`` stays
+  float32.
+
+Under float16 autocast the fast paths fall back to ``reference``: float16's 5-bit exponent underflows ``E``'s
+entries below 6e-8 and the per-layer weights ``w`` (the factorised denominator is then no longer reliable), and
+the ``-1e9`` key bias of ``low_memory`` overflows to ``-inf``. Without autocast nothing changes: float32 and
+float64 run the same operations as always.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -92,9 +117,9 @@ AUTO_KERNEL_BYTES = 512 * 2**20
 def resolve_impl(impl: str, batch: int, heads: int, n_q: int, n_k: int, element_size: int = 4,
                  need_weights: bool = False) -> Impl:
     """The concrete path for a configured ``attention_impl``: ``reference`` whenever weights or block scores
-    are needed or autocast is on (the fast kernels are written for one floating dtype), ``auto`` by the size of
-    the factorised kernel."""
-    if need_weights or impl == "reference" or _autocast_enabled():
+    are needed or float16 autocast is on (see the module docstring; bf16 autocast runs the fast paths), ``auto``
+    by the size of the factorised kernel (``element_size``: bytes of its dtype, 2 under bf16 autocast)."""
+    if need_weights or impl == "reference" or _float16_autocast():
         return "reference"
     if impl == "auto":
         return "factorised" if batch * heads * n_q * n_k * element_size <= AUTO_KERNEL_BYTES else "low_memory"
@@ -103,8 +128,34 @@ def resolve_impl(impl: str, batch: int, heads: int, n_q: int, n_k: int, element_
     return impl  # type: ignore[return-value]
 
 
-def _autocast_enabled() -> bool:
-    return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+def _float16_autocast() -> bool:
+    return any(torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+               for device in ("cpu", "cuda"))
+
+
+def _product_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of the fast paths' big products for activations like ``x``: autocast's dtype where autocast is on
+    for ``x``'s device (it casts float32/bf16/fp16 tensors, never float64), else ``x``'s own."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+def _accurate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for bf16/fp16 products, else the dtype itself (float32 or float64): exponents, biases, rescues."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+@contextlib.contextmanager
+def _autocast_off() -> Iterator[None]:
+    """Autocast off (CPU and CUDA) within the block: the fast kernels choose their dtypes themselves, in forward
+    and in a backward that may be called inside an autocast region. A no-op when autocast is off."""
+    with contextlib.ExitStack() as stack:
+        for device in ("cpu", "cuda"):
+            if torch.is_autocast_enabled(device):
+                stack.enter_context(torch.autocast(device, enabled=False))
+        yield
 
 
 def _finite_or_zero(peak: torch.Tensor) -> torch.Tensor:
@@ -237,6 +288,7 @@ class _Kernel(torch.autograd.Function):
     """
 
     @staticmethod
+    @_autocast_off()
     def forward(ctx: FunctionCtx, queries: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor, masked: bool,
                 collector: list[tuple[torch.Tensor, torch.Tensor]], workspaces: tuple[Workspace, Workspace] | None
                 ) -> torch.Tensor:
@@ -249,6 +301,7 @@ class _Kernel(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_autocast_off()
     def backward(ctx: Any, grad_kernel: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         queries, keys, kernel = ctx.saved_tensors
         parts = list(ctx.collector)
@@ -287,9 +340,10 @@ class _FactorisedMix(torch.autograd.Function):
     """
 
     @staticmethod
+    @_autocast_off()
     def forward(ctx: FunctionCtx, kernel: torch.Tensor, values: torch.Tensor, weights: torch.Tensor,
                 parts: list[tuple[torch.Tensor, torch.Tensor]] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        out, small, denominator = _mix_divide(kernel, _pack(values, weights))
+        out, small, denominator = _mix_divide(kernel, _pack(values, weights, kernel.dtype))
         ctx.save_for_backward(kernel, values, weights, out, denominator)
         ctx.parts = parts  # type: ignore[attr-defined]
         ctx.mark_non_differentiable(small)
@@ -297,13 +351,14 @@ class _FactorisedMix(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_autocast_off()
     def backward(ctx: Any, grad: torch.Tensor, _: Any) -> tuple[torch.Tensor | None, ...]:
         kernel, values, weights, out, denominator = ctx.saved_tensors
         width = values.shape[-1]
         grad_mixed = grad.new_empty(*grad.shape[:-1], width + 1)
         torch.div(grad, denominator, out=grad_mixed[..., :width])
         grad_mixed[..., width:] = -(grad * out).sum(-1, keepdim=True) / denominator
-        packed = _pack(values, weights)
+        packed = _pack(values, weights, kernel.dtype)
         grad_kernel = None
         if ctx.needs_input_grad[0]:
             if ctx.parts is not None:
@@ -318,10 +373,11 @@ class _FactorisedMix(torch.autograd.Function):
         return grad_kernel, grad_values, grad_weights, None
 
 
-def _pack(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``[w * V, w]``: ``values (b, h, k, v)``, ``weights (b, h, k, 1)`` -> ``(b, h, k, v + 1)`` (no autograd)."""
+def _pack(values: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[w * V, w]``: ``values (b, h, k, v)``, ``weights (b, h, k, 1)`` -> ``(b, h, k, v + 1)`` in ``dtype`` (the
+    kernel's; the product ``w * V`` is taken in the operands' dtype and rounded once; no autograd)."""
     b, h, n_k, width = values.shape
-    packed = values.new_empty(b, h, n_k, width + 1)
+    packed = values.new_empty(b, h, n_k, width + 1, dtype=dtype)
     torch.mul(values, weights, out=packed[..., :width])
     packed[..., width:] = weights
     return packed
@@ -378,18 +434,22 @@ def exact_attention(queries: torch.Tensor, keys: torch.Tensor, bias: torch.Tenso
 
 def _rescue_rows(mixed: torch.Tensor, rows: torch.Tensor, block: FastScores, bias: torch.Tensor,
                  values: torch.Tensor) -> torch.Tensor:
-    """Recompute ``rows (b, h, q, 1)`` of ``mixed (b, h, q, v)`` with :func:`exact_attention`, head by head."""
+    """Recompute ``rows (b, h, q, 1)`` of ``mixed (b, h, q, v)`` with :func:`exact_attention`, head by head (in
+    float32 when ``mixed`` is bf16: these rows have logits spread over tens of nats)."""
     b, h, n_q, width = mixed.shape
     n_k = values.shape[2]
     flat_rows = rows.reshape(b * h, n_q)
     index = flat_rows.any(-1).nonzero().squeeze(-1)
+    dtype = _accurate_dtype(mixed.dtype)
 
     def pick(tensor: torch.Tensor, *shape: int) -> torch.Tensor:
-        return tensor.reshape(b * h, *shape).index_select(0, index)
+        picked = tensor.reshape(b * h, *shape).index_select(0, index)
+        return picked.to(dtype) if picked.is_floating_point() else picked
 
     visible = block.visible.expand(b, h, n_q, n_k)
-    exact = exact_attention(pick(block.queries, n_q, -1), pick(block.keys, n_k, -1), pick(bias, n_k),
-                            pick(visible, n_q, n_k), pick(values, n_k, width))
+    with _autocast_off():
+        exact = exact_attention(pick(block.queries, n_q, -1), pick(block.keys, n_k, -1), pick(bias, n_k),
+                                pick(visible, n_q, n_k), pick(values, n_k, width)).to(mixed.dtype)
     flat = mixed.reshape(b * h, n_q, width)
     patched = torch.where(flat_rows.index_select(0, index).unsqueeze(-1), exact, flat.index_select(0, index))
     return flat.index_copy(0, index, patched).view(b, h, n_q, width)
@@ -397,15 +457,18 @@ def _rescue_rows(mixed: torch.Tensor, rows: torch.Tensor, block: FastScores, bia
 
 def factorised_attention(block: FastScores, bias: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``softmax(A0 + bias) V = E (w * V) / (E w)``: one matmul with ``[w * V, w]``. ``bias (b, h, k)``,
-    ``values (b, h, k, v)`` -> ``(b, h, q, v)``. Rows whose denominator underflows are recomputed exactly."""
+    ``values (b, h, k, v)`` -> ``(b, h, q, v)`` in the kernel's dtype. Rows whose denominator underflows are
+    recomputed exactly. The weights ``w`` are exponentials of the bias's dtype (float32 under bf16 autocast); the
+    product with ``E`` takes ``[w * V, w]`` in ``E``'s dtype."""
     assert block.kernel is not None
-    masked = bias.masked_fill(block.key_pad[:, None, :], float("-inf"))
-    weights = (masked - _finite_or_zero(masked.detach().amax(-1, keepdim=True))).exp().unsqueeze(-1)
-    if _tracks_grad(block.kernel, weights, values):
-        parts = getattr(block.kernel, "gradient_parts", None)
-        out, small = _FactorisedMix.apply(block.kernel, values, weights, parts)
-    else:
-        out, small, _ = _mix_divide(block.kernel, _pack(values, weights))
+    with _autocast_off():
+        masked = bias.masked_fill(block.key_pad[:, None, :], float("-inf"))
+        weights = (masked - _finite_or_zero(masked.detach().amax(-1, keepdim=True))).exp().unsqueeze(-1)
+        if _tracks_grad(block.kernel, weights, values):
+            parts = getattr(block.kernel, "gradient_parts", None)
+            out, small = _FactorisedMix.apply(block.kernel, values, weights, parts)
+        else:
+            out, small, _ = _mix_divide(block.kernel, _pack(values, weights, block.kernel.dtype))
     rescue = small & ~block.blocked_rows
     if bool(rescue.any()):
         out = _rescue_rows(out, rescue, block, bias, values)
@@ -443,6 +506,7 @@ class _FusedAttention(torch.autograd.Function):
     are rebuilt there (the output's padded columns are exactly 0), so a layer keeps no (D/h + 1)-wide copies."""
 
     @staticmethod
+    @_autocast_off()
     def forward(ctx: FunctionCtx, queries: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor,
                 values: torch.Tensor, causal: bool) -> torch.Tensor:
         pad = queries.shape[-1] - values.shape[-1]
@@ -455,6 +519,7 @@ class _FusedAttention(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_autocast_off()
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         queries, keys, bias, values, out, logsumexp = ctx.saved_tensors
         width = values.shape[-1]
@@ -472,17 +537,20 @@ def fused_attention(block: FastScores, bias: torch.Tensor, values: torch.Tensor)
     Padded keys get a ``-1e9`` bias; values are zero-padded to the query width (the fused CPU kernel needs
     equal widths). On CPU with autograd this goes through :class:`_FusedAttention` (compact saved state);
     elsewhere through ``scaled_dot_product_attention``. ``bias (b, h, k)``, ``values (b, h, k, v)`` ->
-    ``(b, h, q, v)``.
+    ``(b, h, q, v)`` in the queries' dtype: the bias (float32 under bf16 autocast) and the values are rounded to it,
+    and the kernel takes maxima, exponentials and sums in float32.
     """
     assert block.augmented_queries is not None
     queries = block.augmented_queries
     masked = bias.masked_fill(block.key_pad[:, None, :], BLOCKED_SCORE).to(block.keys.dtype)
+    values = values.to(queries.dtype)
     if (_FLASH_CPU is not None and _FLASH_CPU_BACKWARD is not None and queries.device.type == "cpu"
-            and queries.dtype in (torch.float32, torch.float64)):
+            and queries.dtype in (torch.float32, torch.float64, torch.bfloat16)):
         return _FusedAttention.apply(queries, block.keys, masked, values, block.causal)
     keys = torch.cat([block.keys, masked.unsqueeze(-1)], dim=-1)
     padded = F.pad(values, (0, queries.shape[-1] - values.shape[-1]))
-    out = F.scaled_dot_product_attention(queries, keys, padded, scale=1.0, is_causal=block.causal)
+    with _autocast_off():
+        out = F.scaled_dot_product_attention(queries, keys, padded, scale=1.0, is_causal=block.causal)
     return out[..., : values.shape[-1]]
 
 
@@ -556,8 +624,8 @@ class BlockInteraction(nn.Module):
         one matmul (:func:`precompute_key_biases`).
         """
         b, n_q, _ = query_source.shape
-        impl = resolve_impl(impl_request, b, self.num_heads, n_q, key_source.shape[1], query_source.element_size(),
-                            need_weights)
+        impl = resolve_impl(impl_request, b, self.num_heads, n_q, key_source.shape[1],
+                            _product_dtype(query_source).itemsize, need_weights)
         if impl == "reference":
             return self(query_source, key_source)
         state = self(query_source, key_source, masks, impl)
@@ -676,14 +744,20 @@ class EvolvedAttention(nn.Module):
         return time_signal(self.time_amplitudes, t, self.time_period).view(self.num_heads, -1)
 
     def bias_mixing(self, time_weight: torch.Tensor, t: float) -> torch.Tensor:
-        """``P_Q . tau(t)``: ``time_weight (D, h, t_dim)`` -> ``(D, h)``, so that ``beta(t) = K (P_Q . tau(t))``."""
-        return torch.einsum("cht,ht->ch", time_weight, self.tau(t))
+        """``P_Q . tau(t)``: ``time_weight (D, h, t_dim)`` -> ``(D, h)``, so that ``beta(t) = K (P_Q . tau(t))``
+        (in the parameters' dtype, also under autocast)."""
+        with _autocast_off():
+            return torch.einsum("cht,ht->ch", time_weight, self.tau(t))
 
     def fast_key_bias(self, block: FastScores, t: float) -> torch.Tensor:
-        """``beta(t) = K (P_Q . tau(t))`` without forming ``kappa``: ``(b, h, k)`` (cached in ``block``)."""
+        """``beta(t) = K (P_Q . tau(t))`` without forming ``kappa``: ``(b, h, k)`` (cached in ``block``; float32
+        when ``K`` is bf16)."""
         key = (id(self), float(t))
         if key not in block.key_biases:
-            block.key_biases[key] = (block.flat_keys @ self.bias_mixing(block.time_weight, t)).transpose(1, 2)
+            mixing = self.bias_mixing(block.time_weight, t)
+            with _autocast_off():
+                keys = block.flat_keys.to(_accurate_dtype(block.flat_keys.dtype))
+                block.key_biases[key] = (keys @ mixing.to(keys.dtype)).transpose(1, 2)
         return block.key_biases[key]
 
     def scores(self, block: BlockScores, masks: AttentionMasks, t: float) -> torch.Tensor:
@@ -733,10 +807,12 @@ class EvolvedAttention(nn.Module):
             filler = values.mean(-2, keepdim=True)
             if torch.is_grad_enabled() and (block.queries.requires_grad or bias.requires_grad):
                 filler = filler + blocked_row_surrogate(block.queries, block.keys, bias, values)
-            mixed = torch.where(block.blocked_rows, filler, mixed)
+            mixed = torch.where(block.blocked_rows, filler.to(mixed.dtype), mixed)
         weights = None
         if return_weights:
-            weights = exact_attention(block.queries, block.keys, bias, block.visible)
+            dtype = bias.dtype                   # float32 under bf16 autocast
+            with _autocast_off():
+                weights = exact_attention(block.queries.to(dtype), block.keys.to(dtype), bias, block.visible)
             weights = weights.masked_fill(block.blocked_rows, 1.0 / values.shape[2])
         return self._merge(mixed), weights
 
@@ -779,6 +855,8 @@ def precompute_key_biases(block: FastScores, evaluations: list[tuple[EvolvedAtte
         return
     heads = block.keys.shape[1]
     mixing = torch.cat([layer.bias_mixing(block.time_weight, t) for layer, t in evaluations], dim=1)  # (D, E h)
-    biases = (block.flat_keys @ mixing).split(heads, dim=-1)                                     # E x (b, k, h)
+    with _autocast_off():                        # float32 biases from bf16 keys (they are exponentiated)
+        keys = block.flat_keys.to(_accurate_dtype(block.flat_keys.dtype))
+        biases = (keys @ mixing.to(keys.dtype)).split(heads, dim=-1)                             # E x (b, k, h)
     for (layer, t), bias in zip(evaluations, biases, strict=True):
         block.key_biases[(id(layer), float(t))] = bias.transpose(1, 2)

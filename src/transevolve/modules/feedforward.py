@@ -14,7 +14,9 @@ zero; the entries of ``s`` beyond ``min(in, out)`` and ``s[0]`` are never read.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +24,11 @@ from torch import nn
 from transevolve.config import ModelConfig
 from transevolve.modules.dense import linear
 from transevolve.modules.init import dense
+
+
+def _autocast_off(device: str) -> contextlib.AbstractContextManager[Any]:
+    """Autocast off on ``device`` (a no-op context when it is off)."""
+    return torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else contextlib.nullcontext()
 
 
 class TemporalProjection(nn.Module):
@@ -37,6 +44,10 @@ class TemporalProjection(nn.Module):
     The fixed tensors are persistent buffers, so a checkpoint reproduces them exactly. ``W_l`` is built once per
     forward pass (shared by the batch); in eval mode without autograd it is also cached across passes and rebuilt
     when ``s``, a buffer, the dtype or the device changes (tensor version counters) or on ``train(True)``.
+
+    Under autocast ``W_l`` is still built in the parameters' dtype (float32: the angles reach thousands of radians
+    and its entries are sums of ``min(in, out)`` terms); the token product ``x W_l`` is then autocast's (bf16, like
+    any linear layer), its output bf16.
 
     ``l`` is a time value ``t`` passed to :meth:`forward` (any float; the official layers use their integer depth).
 
@@ -92,10 +103,11 @@ class TemporalProjection(nn.Module):
 
     def _build_weight(self, t: float) -> torch.Tensor:
         rank = min(self.in_features, self.out_features)
-        left = self._sinusoid_matrix(self.coeffs, self.in_features, t)[:, :rank]      # (in, rank)
-        right = self._sinusoid_matrix(self.phases, self.out_features, t)[:rank]       # (rank, out)
-        scaled = left * self.singular_values[:rank].to(left.dtype)
-        return scaled @ right
+        with _autocast_off(self.coeffs.device.type):
+            left = self._sinusoid_matrix(self.coeffs, self.in_features, t)[:, :rank]      # (in, rank)
+            right = self._sinusoid_matrix(self.phases, self.out_features, t)[:rank]       # (rank, out)
+            scaled = left * self.singular_values[:rank].to(left.dtype)
+            return scaled @ right
 
     def forward(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """``(..., in)`` at time ``t`` -> ``(..., out)``."""

@@ -330,7 +330,7 @@ def may_leave_parameters_unused(config: ModelConfig) -> bool:
     """Whether a forward pass may leave parameters out of the graph (DDP must then look for them).
 
     Official-fidelity TransEvolve keeps ``W_K``'s time columns, which the exact maths never reads; the fast
-    attention paths skip them, the reference path (and bf16 autocast, which uses it) does not.
+    attention paths skip them, the reference path (and float16 autocast, which uses it) does not.
     """
     return config.attention == "evolved" and config.fidelity == "official"
 

@@ -29,6 +29,7 @@ def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor], kind: str, la
         logits = model(batch["ids"])
         labels = batch["label"]
         if logits.shape[-1] == 1:                       # official binary head: one sigmoid unit
+            logits = logits.float()                     # float32 loss (and an unrounded target) under bf16
             target = labels.to(logits.dtype) * (1 - label_smoothing) + 0.5 * label_smoothing
             loss = F.binary_cross_entropy_with_logits(logits.squeeze(-1), target, reduction="sum")
             predicted = (logits.squeeze(-1) > 0).long()
