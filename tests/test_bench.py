@@ -16,15 +16,32 @@ from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
 from transevolve import ModelConfig, build_model
-from transevolve.bench import harness
+from transevolve.bench import harness, suite
 from transevolve.bench.cli import app
-from transevolve.bench.decode import decode_specs, run_decode
+from transevolve.bench.decode import (
+    POSITION_MODELS,
+    decode_specs,
+    position_specs,
+    positions_max_length,
+    run_decode,
+    run_positions,
+)
 from transevolve.bench.flops import flop_breakdown, flops_per_token
-from transevolve.bench.harness import Measurement, build, make_cases, measure_memory, model_specs, run_group
+from transevolve.bench.harness import (
+    SPARSE_BLOCK_SIZE,
+    Measurement,
+    build,
+    flop_path,
+    make_cases,
+    measure_memory,
+    model_specs,
+    run_group,
+)
 from transevolve.bench.report import OFFICIAL_TF_VS_X, markdown, plot, slope, targets, targets_issue15, write
+from transevolve.bench.scaling import crossover, plot_positions, positions_markdown
 from transevolve.bench.split import CATEGORIES, category, classify, profile_split
-from transevolve.bench.suite import ISSUE15_MODELS, preset
-from transevolve.modules import dense
+from transevolve.bench.suite import EFFICIENT_MODELS, ISSUE15_MODELS, SuiteOptions, preset, run_suite
+from transevolve.modules import dense, linear_attention, sparse_attention
 
 SHAPE = {"vocab_size": 64, "width": 64, "num_heads": 2, "time_dim": 32, "ff_multiplier": 4, "dropout": 0.0,
          "max_length": 256}
@@ -129,6 +146,8 @@ def test_memory_subprocess_reports_a_peak() -> None:
     spec = model_specs(width=64, heads=2, depth=2, names=["transevolve-full-1x2/low_memory"])[0]
     peak = measure_memory(spec, 128, 2, "train")
     assert peak is not None and peak >= 0
+    both = harness.measure_memories(spec, 128, 2, ("train", "infer"))           # one process, inference first
+    assert set(both) == {"train", "infer"} and all(value is not None and value >= 0 for value in both.values())
 
 
 def test_slope_and_reports(tmp_path: Path) -> None:
@@ -384,3 +403,190 @@ def test_scheme_variants_in_the_line_up_and_adaptive_reports_its_nfe() -> None:
     assert adaptive.summary()["nfe"] == adaptive.nfe
     with pytest.raises(ValueError, match="unknown model"):
         model_specs(width=32, heads=1, depth=2, names=["transformer/rk3"])
+
+
+EFFICIENT_NAMES = ["sparse-strided", "sparse-fixed", "linear", "sparse-strided/reference", "sparse-fixed/reference",
+                   "linear/reference"]
+
+
+def test_efficient_attentions_build_run_a_step_and_count_registry_flops() -> None:
+    """The efficient models are the line-up's encoder with another attention; each runs a training step, and its
+    analytic FLOPs are the registry's, on the reference path for ``<name>/reference`` (the harness used to count
+    the fast path for every non-TransEvolve model)."""
+    specs = model_specs(width=32, heads=2, depth=2, names=EFFICIENT_NAMES)
+    strided, fixed, linear = (spec.config for spec in specs[:3])
+    assert (strided.attention, strided.sparse_pattern, strided.sparse_block_size) == ("sparse", "strided",
+                                                                                      SPARSE_BLOCK_SIZE)
+    assert (fixed.sparse_pattern, fixed.sparse_summary) == ("fixed", 8) and linear.attention == "linear"
+    softmax = model_specs(width=32, heads=2, depth=2, names=["transformer"])[0].config
+    assert all(spec.config.kind == "classifier" and spec.config.depth == softmax.depth for spec in specs)
+    assert [spec.max_length for spec in specs] == [None] * 3 + [2048] * 3
+    assert [flop_path(spec.config) for spec in specs] == ["fast"] * 3 + ["reference"] * 3
+    n = 2 * SPARSE_BLOCK_SIZE + 8                                     # three blocks, the last one padded
+    measurements = run_group(specs, length=n, batch=2, rounds=1, warmup=1, log=lambda message: None)
+    for spec, measurement in zip(specs, measurements, strict=True):
+        assert measurement.skipped is None and measurement.train_seconds and measurement.infer_seconds
+        path = flop_path(spec.config)
+        module = linear_attention if spec.config.attention == "linear" else sparse_attention
+        attention = module.macs(spec.config, n, path)                    # the registry's entry for the mechanism
+        assert measurement.flops_per_token == flops_per_token(spec.config, n, path)
+        assert flop_breakdown(spec.config, n, path)["attention_n2"] == pytest.approx(
+            2 * spec.config.depth * attention["attention_n2"])
+    fast, reference = measurements[0].flops_per_token, measurements[3].flops_per_token
+    assert fast != reference and reference == flops_per_token(strided, n, "reference")
+    evolved = model_specs(width=32, heads=2, depth=2, names=["transevolve-full-1x2/reference",
+                                                             "transevolve-full-1x2/factorised"])
+    assert [flop_path(spec.config) for spec in evolved] == ["reference", "fast"]
+
+
+def test_skipped_rows_produce_notes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the time cap, out of memory or too long: the row is skipped with its reason, the suite adds a note,
+    and its peak memory is not measured (no subprocess)."""
+    specs = model_specs(width=32, heads=2, depth=2, names=["transformer", "linear"])
+    capped = run_group(specs, length=16, batch=2, rounds=1, warmup=1, log=lambda message: None, max_step_seconds=0.0)
+    assert all("over the 0 s cap" in (m.skipped or "") and not m.train_seconds for m in capped)
+    assert capped[0].summary()["skipped"] == capped[0].skipped
+
+    real_build = harness.build
+
+    def failing(spec: harness.ModelSpec) -> torch.nn.Module:
+        if spec.name == "linear":
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory")
+        return real_build(spec)
+
+    monkeypatch.setattr(harness, "build", failing)
+    rows = run_group(specs, length=16, batch=2, rounds=1, warmup=1, log=lambda message: None)
+    assert rows[0].skipped is None and rows[1].skipped and rows[1].skipped.startswith("out of memory")
+    monkeypatch.setattr(harness, "build", lambda spec: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):                 # other errors are not hidden
+        run_group(specs, length=16, batch=2, rounds=1, warmup=1, log=lambda message: None)
+    monkeypatch.setattr(harness, "build", real_build)
+
+    measured: list[tuple[str, int]] = []
+    monkeypatch.setattr(suite, "measure_memory", lambda spec, length, batch, mode, **kw: measured.append(
+        (spec.name, length)) or None)
+    options = SuiteOptions(lengths=[16], models=["transformer", "linear"], width=32, heads=2, depth=2,
+                           tokens_per_batch=32, rounds=1, warmup=1, split_lengths=[], memory_lengths=[16],
+                           memory_modes=("train",), mfu=False, decode_tokens=0, max_step_seconds=0.0,
+                           check_length=16)
+    results = run_suite(options, log=lambda message: None)
+    notes = results["notes"]
+    assert any(note.startswith("transformer at n=16 skipped: one training step took") for note in notes)
+    assert any("peak memory of linear at n=16 not measured" in note for note in notes) and not measured
+    options.max_step_seconds = None
+    results = run_suite(options, log=lambda message: None)
+    assert sorted(measured) == [("linear", 16), ("transformer", 16)]
+    assert any("peak train memory of linear at n=16 failed" in note for note in results["notes"])
+    text = markdown(results, "cmd")
+    assert "Note: peak train memory of linear at n=16 failed" in text
+
+
+def test_decode_cost_against_position_with_tiny_settings(tmp_path: Path) -> None:
+    positions, steps, rounds, warmup = [8, 24], 2, 2, 1
+    max_length = positions_max_length(positions, steps, rounds, warmup)
+    assert max_length % 64 == 0 and max_length >= 24 + warmup + steps * rounds
+    specs = position_specs(width=32, heads=2, depth=2, vocab=50, max_length=max_length)
+    assert [spec.name for spec in specs] == [name.format(depth=2) for name in POSITION_MODELS]
+    assert all(spec.config.kind == "decoder" for spec in specs)
+    rows = run_positions(specs, positions, batch=2, steps=steps, rounds=rounds, warmup=warmup, chunk=8,
+                         log=lambda message: None)
+    assert [(row["model"], row["position"]) for row in rows] == [(spec.name, p) for p in positions for spec in specs]
+    for row in rows:
+        assert row["first_position"] == row["position"] and row["last_position"] == row["position"] + 3
+        assert len(row["raw_ms"]) == row["steps"] == 4 and row["step_ms"] == pytest.approx(
+            sorted(row["raw_ms"])[1:3][0] / 2 + sorted(row["raw_ms"])[1:3][1] / 2)
+        assert row["token_ms"] == pytest.approx(row["step_ms"] / 2) and row["cache_mb"] > 0
+    cache = {(row["model"], row["position"]): row["cache_mb"] for row in rows}
+    assert cache[("linear", 8)] == cache[("linear", 24)]                  # a constant-size recurrent state
+    assert cache[("transformer", 24)] > cache[("transformer", 8)]          # a growing key/value cache
+    results = {"decode_by_position": rows}
+    text = "\n".join(positions_markdown(results, "x-decode.png"))
+    assert "| model | pos 8 | pos 24 | last / first | cache MB at 24 |" in text and "x-decode.png" in text
+    assert "sparse-strided" in text and ("Measured flat" in text or "No model's measured cost" in text)
+    assert plot_positions(results, tmp_path / "decode.png") is not None and plot_positions({}, tmp_path / "n") is None
+    with pytest.raises(ValueError, match="max_length"):
+        run_positions(position_specs(width=32, heads=2, depth=2, vocab=50, max_length=16), positions)
+    with pytest.raises(ValueError, match="unknown decoding model"):
+        position_specs(names=["performer"])
+
+
+def _scaling_row(model: str, length: int, train: float | None, memory: float | None, skipped: str | None = None
+                 ) -> dict[str, object]:
+    return {"model": model, "base_model": model, "length": length, "batch": 8192 // length, "precision": "fp32",
+            "dense_backend": "aten", "skipped": skipped, "train_tokens_per_second": train,
+            "infer_tokens_per_second": train and 3 * train, "train_step_seconds": train and 8192 / train,
+            "infer_seconds": train and 8192 / (3 * train), "train_memory_mb": memory,
+            "infer_memory_mb": memory and memory / 4}
+
+
+def test_crossover_from_synthetic_rows(tmp_path: Path) -> None:
+    lengths = [512, 1024, 2048, 4096, 8192]
+    rows = [_scaling_row("transformer", n, 4000.0 * 512 / n, 100.0 * n / 512) for n in lengths]
+    rows += [_scaling_row("linear", n, 2000.0, 120.0 * (n / 512) ** 0.5) for n in lengths]   # faster from 2048
+    rows += [_scaling_row("sparse-strided", n, 3000.0, 80.0 * n / 512) for n in lengths[:-1]]
+    rows.append(_scaling_row("sparse-strided", 8192, None, None, "one training step took 120 s"))
+    results = {"throughput": rows, "options": {"crossover": True}, "system": {}}
+    found = {(row["model"], row["metric"]): row for row in crossover(results)}
+    assert found[("linear", "train_tokens_per_second")]["better_from"] == 2048
+    assert found[("linear", "train_memory_mb")]["better_from"] == 1024                    # 120 * sqrt(2) < 200
+    assert found[("linear", "train_tokens_per_second")]["ratios"][-1] == {"length": 8192, "ratio": 2000 / 250}
+    strided = found[("sparse-strided", "train_tokens_per_second")]
+    assert strided["better_from"] == 1024 and [r["length"] for r in strided["ratios"]] == lengths[:-1]
+    assert found[("sparse-strided", "infer_memory_mb")]["better_from"] == 512
+    assert not any(row["model"] == "transformer" for row in crossover(results))
+    paths = write(results, tmp_path, "eff", "cmd")
+    assert [p.name for p in paths] == ["eff.json", "eff.md", "eff.png", "eff-crossover.png"]
+    text = paths[1].read_text()
+    assert "## Efficient attention against sequence length" in text and "(eff-crossover.png)" in text
+    assert "| linear | n=2048 (8.00x at n=8192) |" in text and "| skipped |" in text
+    assert "Targets (issue #15)" not in text                                     # not this preset's subject
+    assert json.loads(paths[0].read_text())["crossover"]
+
+
+def test_efficient_preset() -> None:
+    """n = 512 ... 8192 at a constant token budget, the six models, fewer rounds at long lengths, a time cap, and
+    the decoding cost at positions up to 8192; every name resolves."""
+    options = preset("efficient")
+    assert options.lengths == [512, 1024, 2048, 4096, 8192] and options.models == EFFICIENT_MODELS
+    assert {options.batch(n) * n for n in options.lengths} == {8192}
+    assert options.rounds_at(8192) < options.rounds_at(4096) == options.rounds_at(512) and not options.probes
+    assert options.max_step_seconds and options.memory_lengths == options.lengths and options.crossover
+    assert options.decode_positions == [256, 1024, 4096, 8192] and options.check_all_fast_paths
+    assert options.memory_one_process and options.memory_modes == ("train", "infer")
+    model_specs(options.width, options.heads, options.depth, options.models)
+    position_specs(options.width, options.heads, options.depth, names=options.decode_position_models)
+
+
+def test_cli_efficient_preset_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The preset with tiny settings: memory at every timed length (subprocesses replaced by fixed numbers here),
+    the crossover, the decoding cost by position, the fast-path check and both extra figures."""
+    measured: list[tuple[str, int, tuple[str, ...]]] = []
+
+    def fake_memories(spec: harness.ModelSpec, length: int, batch: int, modes: tuple[str, ...],
+                      **kwargs: object) -> dict[str, float]:
+        measured.append((spec.name, length, tuple(modes)))
+        return {mode: float(length if spec.name == "transformer" else 16) for mode in modes}
+
+    monkeypatch.setattr(suite, "measure_memories", fake_memories)
+    runner = CliRunner()
+    result = runner.invoke(app, ["--preset", "efficient", "--lengths", "16,32", "--models", "transformer,linear",
+                                 "--rounds", "1", "--tokens", "64", "--decode-positions", "4,8",
+                                 "--out", str(tmp_path), "--name", "eff"])
+    assert result.exit_code == 0, result.output
+    assert sorted(measured) == [(name, n, ("train", "infer")) for name in ("linear", "transformer") for n in (16, 32)]
+    data = json.loads((tmp_path / "eff.json").read_text())
+    assert {row["model"] for row in data["throughput"]} == {"transformer", "linear"}
+    assert data["options"]["length_rounds"] == {} and data["options"]["max_step_seconds"] == 90.0
+    assert data["options"]["memory_lengths"] == [16, 32]
+    memory = {(row["metric"], row["better_from"]) for row in data["crossover"] if row["metric"].endswith("_mb")}
+    assert memory == {("train_memory_mb", 32), ("infer_memory_mb", 32)}             # 16 MB against 32 MB at n=32
+    assert {row["position"] for row in data["decode_by_position"]} == {4, 8}
+    assert {row["metric"] for row in data["crossover"]} == {"train_tokens_per_second", "infer_tokens_per_second",
+                                                             "train_memory_mb", "infer_memory_mb"}
+    assert [row["reference"] for row in data["fast_path_check"]] == ["linear (attention_impl=reference)"]
+    assert data["fast_path_check"][0]["max_abs_error"] < 1e-4
+    text = (tmp_path / "eff.md").read_text()
+    assert "## Decoding cost against position" in text and "(eff-decode.png)" in text
+    assert (tmp_path / "eff-decode.png").exists() and (tmp_path / "eff-crossover.png").exists()
+    report = runner.invoke(app, ["report", str(tmp_path / "eff.json")])
+    assert report.exit_code == 0 and "(eff-crossover.png)" in report.output

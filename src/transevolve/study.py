@@ -165,7 +165,8 @@ def load_study(name: str = DEFAULT_STUDY, only_tasks: list[str] | None = None,
         tasks[task_name] = StudyTask(task_name, load_yaml_with_base(path.parent / spec["base"]), str(spec["size"]),
                                      sizes, {k: dict(v or {}) for k, v in fields.items()},
                                      dict(spec.get("options") or {}))
-    study = Study(str(path), float(threshold), str(data.get("metric", "generated_accuracy")), file_seeds, widths,
+    source = str(path) if Path(name).is_file() else name            # a packaged preset: its short name
+    study = Study(source, float(threshold), str(data.get("metric", "generated_accuracy")), file_seeds, widths,
                   num_heads, bool(data.get("stop_at_threshold", True)), dict(data.get("model") or {}),
                   dict(data.get("train") or {}), {k: dict(v) for k, v in models.items()}, tasks)
     for task_name, spec in study.tasks.items():                    # build every configuration once: errors now

@@ -28,10 +28,13 @@ def bench(
                                                         "fewer rounds, no MFU group, 32 decoded tokens; the same "
                                                         "as --preset quick.")] = False,
     preset_name: Annotated[str | None, typer.Option(
-        "--preset", help="full (default: the issue-6 grid, n=128..4096, about 36 minutes), quick, or issue15 "
+        "--preset", help="full (default: the issue-6 grid, n=128..4096, about 36 minutes), quick, issue15 "
                          "(issue #15's shape: batch 4, n=512,2048, x-transformers / transformer / "
                          "transevolve-full-1x6 / transevolve-random-1x6 in fp32 and bf16, dense backends aten and "
-                         "onednn, the low-memory inference memory at n=4096; about 8 minutes).")] = None,
+                         "onednn, the low-memory inference memory at n=4096; about 8 minutes) or efficient "
+                         "(issue #16: transformer, TransEvolve factorised and low-memory, sparse-strided, "
+                         "sparse-fixed, linear at n=512..8192 with peak memory, and the decoding cost at positions "
+                         "256..8192; about 15 minutes).")] = None,
     lengths: Annotated[str | None, typer.Option(help="Comma-separated sequence lengths (default 128..4096).")] = None,
     models: Annotated[str | None, typer.Option(help="Comma-separated model names (default: all; see the "
                                                     "README table).")] = None,
@@ -48,13 +51,21 @@ def bench(
                                               min=1)] = None,
     memory: Annotated[bool, typer.Option(help="Measure peak memory in subprocesses.")] = True,
     memory_lengths: Annotated[str | None, typer.Option(help="Comma-separated lengths for peak memory (default: "
-                                                            "the preset's, within --lengths if given).")] = None,
+                                                            "the preset's, within --lengths if given; efficient: "
+                                                            "every timed length).")] = None,
     split: Annotated[bool | None, typer.Option(help="Profile one training step per configuration and split "
                                                     "its time (default: the preset's lengths; --split: every "
                                                     "length).")] = None,
     mfu: Annotated[bool | None, typer.Option(help="Run the width-512 MFU group.")] = None,
     decode_tokens: Annotated[int | None, typer.Option(help="Greedy tokens for the decoding comparison "
                                                            "(0: skip).", min=0)] = None,
+    decode_positions: Annotated[str | None, typer.Option(
+        help="Comma-separated positions at which to time one cached decoding step of causal decoders of the "
+             "line-up's shape (transformer, sparse-strided, sparse-fixed, linear, TransEvolve; default: the "
+             "preset's, efficient 256,1024,4096,8192; empty: skip).")] = None,
+    max_step_seconds: Annotated[float | None, typer.Option(
+        help="Skip a configuration (with a note) whose first training step takes longer than this (default: the "
+             "preset's, efficient 90 s; others none).", min=0)] = None,
     out: Annotated[Path, typer.Option(help="Directory for NAME.json, NAME.md and NAME.png.")] = Path(
         "benchmarks/results"),
     name: Annotated[str | None, typer.Option(help="Report file stem (default bench-<preset>).")] = None,
@@ -75,8 +86,10 @@ def bench(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from error
     if lengths is not None:
+        every = options.memory_lengths == options.lengths            # a preset measuring memory at every length
         options.lengths = _ints(lengths) or options.lengths
-        options.memory_lengths = [n for n in options.memory_lengths if n in options.lengths]
+        options.memory_lengths = list(options.lengths) if every else [n for n in options.memory_lengths
+                                                                         if n in options.lengths]
         if options.split_lengths is not None:
             options.split_lengths = [n for n in options.split_lengths if n in options.lengths]
     if memory_lengths is not None:
@@ -90,7 +103,7 @@ def bench(
     if dense_backend is not None:
         options.dense_backends = _names(dense_backend) or options.dense_backends
     if rounds is not None:
-        options.rounds = rounds
+        options.rounds, options.length_rounds = rounds, {}
     if tokens is not None:
         options.tokens_per_batch, options.batch_size = tokens, None
     if batch is not None:
@@ -103,6 +116,10 @@ def bench(
         options.mfu = mfu
     if decode_tokens is not None:
         options.decode_tokens = decode_tokens
+    if decode_positions is not None:
+        options.decode_positions = _ints(decode_positions) or []
+    if max_step_seconds is not None:
+        options.max_step_seconds = max_step_seconds
     try:
         results = run_suite(options, log=lambda message: typer.echo(message, err=True))
     except ValueError as error:
@@ -124,14 +141,16 @@ def report_command(
     """Rebuild the markdown report (tables, issue #6 and issue #15 targets) from a bench JSON file."""
     import json
 
-    from transevolve.bench.report import markdown
+    from transevolve.bench.report import FIGURES, markdown
 
     try:
         results = json.loads(results_json.read_text())
     except (OSError, json.JSONDecodeError) as error:
         typer.echo(f"error: cannot read {results_json}: {error}", err=True)
         raise typer.Exit(code=2) from error
-    text = markdown(results, results.get("command", "transevolve bench"))
+    figures = {kind: f"{results_json.stem}{suffix}" for kind, (suffix, _) in FIGURES.items()
+               if (results_json.parent / f"{results_json.stem}{suffix}").exists()}
+    text = markdown(results, results.get("command", "transevolve bench"), figures)
     typer.echo(text)
     if out is not None:
         out.write_text(text)

@@ -11,8 +11,9 @@
   forward and loss under ``torch.autocast("cpu", torch.bfloat16)``, the backward following it and the Adam
   step in fp32, as in training) with one dense backend (:mod:`transevolve.modules.dense`).
 - Peak memory is measured in a fresh interpreter per configuration and mode (``python -m
-  transevolve.bench.memory``): the resident-set high-water mark of one step (reset just before it) minus the
-  resident set before it, with the model, optimizer and batch already built. So it is the step's own peak:
+  transevolve.bench.memory``; :func:`measure_memories`: one interpreter for both modes, inference first): the
+  resident-set high-water mark of one step (reset just before it) minus the resident set before it, with the
+  model, optimizer and batch already built. So it is the step's own peak:
   activations (and, for training, gradients and the Adam state), not the interpreter, the weights or the input.
   Resident-set peaks include allocator slack, so they are coarse (a few MB) but comparable between
   configurations.
@@ -39,12 +40,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from transevolve.bench.flops import flops_per_token
+from transevolve.bench.flops import Path, flops_per_token
 from transevolve.bench.split import profile_split
 from transevolve.config import ModelConfig
 from transevolve.models import build_model
 from transevolve.modules import dense
-from transevolve.params import count_model_parameters
+from transevolve.params import count_model_parameters, count_parameters
 
 #: The issue's shape: encoder classifier, width 256, 4 heads, FF 1024, 6 layers (t = 64 so that d / h = t).
 BASE_SHAPE: dict[str, Any] = {"kind": "classifier", "vocab_size": 256, "width": 256, "num_heads": 4, "time_dim": 64,
@@ -88,9 +89,42 @@ SCHEME_VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
+#: Block length l of the sparse models: fixed, as a trained model's is (its pattern is architecture, not a
+#: function of the input length). 64 = sqrt(4096) sits in the middle (on a log scale) of the lengths the
+#: ``efficient`` preset times and is close to the optimum of the causal strided cost ``2 l + n / l`` at n = 8192
+#: (l = sqrt(n / 2) = 64); it is also the head width, so the block products are 64 x 64 tiles.
+SPARSE_BLOCK_SIZE = 64
+
+#: Summary width c of ``sparse-fixed``: c / l = 1 / 8, the ratio of Child et al.'s c = 16 at l = 128.
+SPARSE_SUMMARY = 8
+
+#: The efficient attentions by bench name, as config changes of the softmax Transformer (Sparse Transformer,
+#: arXiv 1904.10509; Linear Transformer, arXiv 2006.16236). ``attention_impl`` is the library default (``auto``,
+#: their fast paths); ``<name>/reference`` selects the explicit n x n path.
+EFFICIENT_ATTENTIONS: dict[str, dict[str, Any]] = {
+    "sparse-strided": {"attention": "sparse", "sparse_pattern": "strided", "sparse_block_size": SPARSE_BLOCK_SIZE},
+    "sparse-fixed": {"attention": "sparse", "sparse_pattern": "fixed", "sparse_block_size": SPARSE_BLOCK_SIZE,
+                     "sparse_summary": SPARSE_SUMMARY},
+    "linear": {"attention": "linear"},
+}
+
+
+def flop_path(config: ModelConfig) -> Path:
+    """The computation the analytic FLOPs count for ``config``: ``reference`` when it runs the explicit reference
+    path (TransEvolve's official logits, sparse attention's masked n x n logits, linear attention's kernel matrix),
+    else ``fast``. Softmax and minimal attention count the same either way."""
+    return "reference" if config.attention_impl == "reference" else "fast"
+
+
 def model_specs(width: int = 256, heads: int = 4, depth: int = 6, names: list[str] | None = None,
                 reference_max_length: int = 2048) -> list[ModelSpec]:
-    """The standard line-up at one shape; ``names`` selects (and orders) a subset."""
+    """The standard line-up at one shape; ``names`` selects (and orders) a subset.
+
+    Selectable by name only (not in the default line-up): the library default path ``transevolve-<ff>-1x<depth>``,
+    the efficient attentions of :data:`EFFICIENT_ATTENTIONS` (``sparse-strided``, ``sparse-fixed``, ``linear``, each
+    also as ``<name>/reference``, limited to ``reference_max_length`` like TransEvolve's reference path) and the
+    layer-update schemes ``<model>/<scheme>``.
+    """
     shape = {**BASE_SHAPE, "width": width, "num_heads": heads, "time_dim": width // heads}
     softmax = ModelConfig(**shape, attention="softmax", layers_per_block=depth, num_blocks=1)
 
@@ -109,6 +143,11 @@ def model_specs(width: int = 256, heads: int = 4, depth: int = 6, names: list[st
     # The library's default path (attention_impl="auto"), named without a path: "transevolve-full-1x6".
     for ff in ("full", "random"):
         specs.append(ModelSpec(f"transevolve-{ff}-1x{depth}", evolved(ff, 1, "auto").config))
+    for name, changes in EFFICIENT_ATTENTIONS.items():
+        efficient = softmax.replace(**changes)
+        specs.append(ModelSpec(name, efficient))
+        specs.append(ModelSpec(f"{name}/reference", efficient.replace(attention_impl="reference"),
+                               max_length=reference_max_length))
     # Layer-update schemes (selectable by name, not in the default line-up): "<model>/<scheme>".
     for scheme, variant in SCHEME_VARIANTS.items():
         changes = {k: (depth if k == "share_layers" and v == 0 else v) for k, v in variant.items()}
@@ -389,32 +428,60 @@ class Measurement:
         }
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure (CPU allocators raise RuntimeError with such a message)."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate" in text
+                                                or "not enough memory" in text or "failed to allocate" in text)
+
+
 def run_group(cases: Sequence[Case | ModelSpec], length: int, batch: int, rounds: int, warmup: int = 2,
-              log: Callable[[str], None] = print, split: bool = False) -> list[Measurement]:
+              log: Callable[[str], None] = print, split: bool = False, max_step_seconds: float | None = None,
+              probes: bool = True) -> list[Measurement]:
     """Time every configuration at one length side by side (see the module docstring); a bare
     :class:`ModelSpec` runs in fp32 with the current dense backend. ``split``: profile one more training step
-    per configuration after the training rounds and record its time split."""
+    per configuration after the training rounds and record its time split.
+
+    A configuration is skipped, with the reason in its ``skipped`` field, when ``length`` exceeds its spec's
+    ``max_length``, when building or warming it up runs out of memory, or when its first warm-up training step
+    takes longer than ``max_step_seconds`` (then its timed rounds would not fit the run's time). ``probes=False``
+    times no peak probes (no MFU).
+    """
     measurements: list[Measurement] = []
     runners: list[tuple[Measurement, Callable[[], None], Callable[[], None]]] = []
-    probes, _ = peak_probes()
+    products = peak_probes()[0] if probes else {}
     for case in map(_as_case, cases):
         spec = case.spec
-        torch.manual_seed(0)
-        model = build(spec)
-        path = "reference" if spec.config.attention == "evolved" and spec.config.attention_impl == "reference" \
-            else "fast"
-        measurement = Measurement(case.name, length, batch, count_model_parameters(model),
+        path = flop_path(spec.config)
+        measurement = Measurement(case.name, length, batch, count_parameters(spec.config).total,
                                   flops_per_token(spec.config, length, path), base_model=spec.name,
                                   precision=case.precision, dense_backend=case.dense_backend)
         measurements.append(measurement)
         if spec.max_length is not None and length > spec.max_length:
             measurement.skipped = f"longer than its max_length {spec.max_length}"
             continue
-        ids, labels = make_batch(spec, batch, length)
-        train_step, inference = step_functions(model, ids, labels, case.precision, case.dense_backend)
-        for _ in range(warmup):
-            train_step()
-            inference()
+        try:
+            torch.manual_seed(0)
+            model = build(spec)
+            measurement.parameters = count_model_parameters(model)
+            ids, labels = make_batch(spec, batch, length)
+            train_step, inference = step_functions(model, ids, labels, case.precision, case.dense_backend)
+            for index in range(warmup):
+                seconds = _timed(train_step)
+                if index == 0 and max_step_seconds is not None and seconds > max_step_seconds:
+                    measurement.skipped = (f"one training step took {seconds:.0f} s, over the {max_step_seconds:g} s "
+                                           "cap per step")
+                    break
+                inference()
+        except (RuntimeError, MemoryError) as error:
+            if not _out_of_memory(error):
+                raise
+            measurement.skipped = f"out of memory ({str(error).splitlines()[0][:120]})"
+        if measurement.skipped:
+            log(f"  n={length} {case.name} skipped: {measurement.skipped}")
+            continue
         evaluations = getattr(model, "function_evaluations", lambda: None)()
         if evaluations is not None:           # the adaptive scheme: its cost is set by the solver's NFE
             measurement.nfe = evaluations
@@ -432,7 +499,7 @@ def run_group(cases: Sequence[Case | ModelSpec], length: int, batch: int, rounds
             shift = round_index % max(1, len(runners))
             for measurement, train_step, inference in runners[shift:] + runners[:shift]:
                 peaks = measurement.train_peaks if phase == "train" else measurement.infer_peaks
-                for name, probe in probes.items():
+                for name, probe in products.items():
                     peaks.setdefault(name, []).append(probe())
                 if phase == "train":
                     measurement.train_seconds.append(_timed(train_step))
@@ -442,20 +509,36 @@ def run_group(cases: Sequence[Case | ModelSpec], length: int, batch: int, rounds
     return measurements
 
 
-def measure_memory(spec: ModelSpec, length: int, batch: int, mode: str, timeout: float = 600.0,
-                   precision: str = "fp32", dense_backend: str = "auto") -> float | None:
-    """Peak MB of one step (``train`` or ``infer``) in a fresh interpreter; None if it failed."""
-    payload = json.dumps({"spec": spec.to_dict(), "length": length, "batch": batch, "mode": mode,
-                          "precision": precision, "dense_backend": dense_backend})
+def _memory_subprocess(request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+    """Run ``python -m transevolve.bench.memory`` on ``request``; its JSON answer, None if it failed."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "MALLOC_MMAP_THRESHOLD_": "65536"}
     try:
-        done = subprocess.run([sys.executable, "-m", "transevolve.bench.memory", payload], capture_output=True,
-                              text=True, timeout=timeout, env=env, check=False)
+        done = subprocess.run([sys.executable, "-m", "transevolve.bench.memory", json.dumps(request)],
+                              capture_output=True, text=True, timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
         return None
     if done.returncode != 0:
         return None
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"])
+    answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return answer
+
+
+def measure_memory(spec: ModelSpec, length: int, batch: int, mode: str, timeout: float = 600.0,
+                   precision: str = "fp32", dense_backend: str = "auto") -> float | None:
+    """Peak MB of one step (``train`` or ``infer``) in a fresh interpreter; None if it failed."""
+    answer = _memory_subprocess({"spec": spec.to_dict(), "length": length, "batch": batch, "mode": mode,
+                                 "precision": precision, "dense_backend": dense_backend}, timeout)
+    return None if answer is None else float(answer["peak_mb"])
+
+
+def measure_memories(spec: ModelSpec, length: int, batch: int, modes: Sequence[str], timeout: float = 600.0,
+                     precision: str = "fp32", dense_backend: str = "auto") -> dict[str, float | None]:
+    """Peak MB of one step per mode, all in one fresh interpreter (inference before training, each against its own
+    baseline; see :mod:`transevolve.bench.memory`); None for every mode if it failed."""
+    ordered = sorted(modes, key=lambda mode: mode != "infer")
+    answer = _memory_subprocess({"spec": spec.to_dict(), "length": length, "batch": batch, "modes": ordered,
+                                 "precision": precision, "dense_backend": dense_backend}, timeout)
+    return {mode: None if answer is None else float(answer["peaks_mb"][mode]) for mode in modes}
 
 
 def system_info() -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Benchmark reports: JSON, a markdown table with the issue's targets, and a log-log plot of time against length."""
+"""Benchmark reports: JSON, a markdown table with the issue's targets, and a log-log plot of time against length;
+for the ``efficient`` preset the crossover and decoding-by-position sections and plots (:mod:`.scaling`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from transevolve.bench import scaling
 from transevolve.bench.flops import flops_per_token
 from transevolve.bench.split import CATEGORIES
 from transevolve.config import ModelConfig
@@ -242,8 +244,17 @@ def _peaks(results: dict[str, Any]) -> dict[str, float]:
     return {"fp32_aten": old[len(old) // 2] / 1e9, "fp32_fastest": old[len(old) // 2] / 1e9} if old else {}
 
 
-def markdown(results: dict[str, Any], command: str) -> str:
-    """The report: setup, throughput/memory table per length, targets, decoding and MFU tables."""
+#: Extra figures :func:`write` draws (when their data is there), by kind: file-name suffix and drawing function.
+FIGURES = {"crossover": ("-crossover.png", scaling.plot_crossover), "decode": ("-decode.png", scaling.plot_positions)}
+
+
+def markdown(results: dict[str, Any], command: str, figures: dict[str, str] | None = None) -> str:
+    """The report: setup, throughput/memory table per length, targets, decoding and MFU tables; with
+    ``options.crossover`` (the ``efficient`` preset) the crossover section instead of the issue targets, and the
+    decoding cost against position when measured. ``figures``: file names of the extra figures by kind
+    (:data:`FIGURES`), linked from their sections."""
+    figures = figures or {}
+    crossover_report = bool(results.get("options", {}).get("crossover"))
     system = results.get("system", {})
     throughput = results.get("throughput", [])
     peaks = _peaks(results)
@@ -310,18 +321,13 @@ def markdown(results: dict[str, Any], command: str) -> str:
             step = (row.get("train_split_seconds") or {}).get("profiled_step")
             lines.append(f"| {row['length']} | {row['model']} | {_fmt(step, 3)} | "
                          + " | ".join(percent(shares.get(name)) for name in CATEGORIES) + " |")
-    lines += ["", *targets_issue15_markdown(results)]
-    checks = targets(results)
-    measured = [row for row in checks if row["met"] is not None]
-    lines += ["", "## Targets (issue #6)", ""]
-    if len(measured) < len(checks):
-        lines += [f"{len(checks) - len(measured)} of {len(checks)} not measured in this run (left out below).", ""]
-    if measured:
-        lines += ["| target | measured | goal | met | note |", "|---|---|---|---|---|"]
-    for row in measured:
-        goal = f"{'>=' if row['higher_is_better'] else '<='} {row['goal']:g}"
-        met = {True: "yes", False: "**no**"}[row["met"]]
-        lines.append(f"| {row['target']} | {row['measured']:.3g} | {goal} | {met} | {row['note']} |")
+    if crossover_report:
+        lines += ["", *scaling.crossover_markdown(results, figures.get("crossover"))]
+    else:
+        lines += ["", *targets_issue15_markdown(results), "", *_targets_markdown(results)]
+    positions = scaling.positions_markdown(results, figures.get("decode"))
+    if positions:
+        lines += ["", *positions]
     if results.get("decode"):
         rounds = results["decode"][0].get("rounds", 1)
         lines += ["", f"## Decoding (greedy, EOS disabled; median of {rounds} interleaved rounds)", "",
@@ -348,6 +354,22 @@ def markdown(results: dict[str, Any], command: str) -> str:
         lines += ["", "## Scaling: fitted log-log slope of time per sequence against length", "",
                   "| model | mode | slope |", "|---|---|---|", *slopes]
     return "\n".join(lines) + "\n"
+
+
+def _targets_markdown(results: dict[str, Any]) -> list[str]:
+    """The "Targets (issue #6)" section (measured targets only)."""
+    checks = targets(results)
+    measured = [row for row in checks if row["met"] is not None]
+    lines = ["## Targets (issue #6)", ""]
+    if len(measured) < len(checks):
+        lines += [f"{len(checks) - len(measured)} of {len(checks)} not measured in this run (left out below).", ""]
+    if measured:
+        lines += ["| target | measured | goal | met | note |", "|---|---|---|---|---|"]
+    for row in measured:
+        goal = f"{'>=' if row['higher_is_better'] else '<='} {row['goal']:g}"
+        met = {True: "yes", False: "**no**"}[row["met"]]
+        lines.append(f"| {row['target']} | {row['measured']:.3g} | {goal} | {met} | {row['note']} |")
+    return lines
 
 
 def plot(results: dict[str, Any], path: Path) -> Path | None:
@@ -381,14 +403,24 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
 
 
 def write(results: dict[str, Any], directory: Path, name: str, command: str) -> list[Path]:
-    """Write ``name.json``, ``name.md`` and ``name.png`` under ``directory``; returns the paths written."""
+    """Write ``name.json``, ``name.md``, ``name.png`` and the extra figures that have data (``name-crossover.png``
+    with ``options.crossover``, ``name-decode.png`` with the decoding cost against position) under
+    ``directory``; returns the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
     results = {**results, "command": command, "targets": targets(results),
                "targets_issue15": targets_issue15(results)}
+    if results.get("options", {}).get("crossover"):
+        results["crossover"] = scaling.crossover(results)
     written = [directory / f"{name}.json", directory / f"{name}.md"]
     written[0].write_text(json.dumps(results, indent=2) + "\n")
-    written[1].write_text(markdown(results, command))
     figure = plot(results, directory / f"{name}.png")
-    if figure is not None:
-        written.append(figure)
+    extra: dict[str, str] = {}
+    for kind, (suffix, draw) in FIGURES.items():
+        if kind == "crossover" and "crossover" not in results:
+            continue
+        path = draw(results, directory / f"{name}{suffix}")
+        if path is not None:
+            extra[kind] = path.name
+    written[1].write_text(markdown(results, command, extra))
+    written += [path for path in [figure, *(directory / file for file in extra.values())] if path is not None]
     return written

@@ -10,7 +10,14 @@ One invocation runs, in this order:
    requested dense backend);
 3. an MFU group at width 512, 8 heads, n = 512;
 4. cached against uncached greedy decoding, median of interleaved rounds (:mod:`transevolve.bench.decode`);
-5. a numerical check that the fast TransEvolve paths reproduce the reference outputs on the benchmark batch.
+5. the cost of one cached decoding step against the position it decodes, causal decoders of the line-up's shape
+   (``decode_positions``; :func:`transevolve.bench.decode.run_positions`);
+6. a numerical check that the fast TransEvolve paths (and, with ``check_all_fast_paths``, every fast path of the
+   line-up, against a reference sibling built for it) reproduce the reference outputs on the benchmark batch.
+
+Rows that cannot run are skipped with their reason in the row and a line in ``notes``: longer than the model's
+``max_length``, out of memory, or (``max_step_seconds``) a first training step over the time cap; their peak memory
+is then not measured either.
 """
 
 from __future__ import annotations
@@ -24,12 +31,13 @@ from typing import Any
 import torch
 
 from transevolve.bench import harness
-from transevolve.bench.decode import decode_specs, run_decode
+from transevolve.bench.decode import decode_specs, position_specs, positions_max_length, run_decode, run_positions
 from transevolve.bench.harness import (
     ModelSpec,
     build,
     make_batch,
     make_cases,
+    measure_memories,
     measure_memory,
     measurement_dicts,
     model_specs,
@@ -41,13 +49,25 @@ from transevolve.modules import dense
 
 @dataclass
 class SuiteOptions:
-    """What to run. :func:`preset` gives the ``quick``, ``full`` and ``issue15`` choices.
+    """What to run. :func:`preset` gives the ``quick``, ``full``, ``issue15`` and ``efficient`` choices.
 
     ``batch_size`` (when set) fixes the batch at every length, else it is ``tokens_per_batch // n``.
     ``precisions`` (``fp32``, ``bf16``) and ``dense_backends`` (``auto``, ``aten``, ``onednn``) multiply the
     configurations (:func:`transevolve.bench.harness.make_cases`). ``memory_models`` (None: the timed models) are
     measured at ``memory_lengths`` in ``memory_modes``, whether or not those lengths are timed. ``split_lengths``
     (None: every timed length) get one profiled training step per configuration.
+
+    ``length_rounds`` overrides ``rounds`` at the lengths it names (fewer rounds at long lengths);
+    ``max_step_seconds`` skips a configuration whose first warm-up training step takes longer (None: no cap).
+    ``decode_positions`` (empty: skip) times one cached decoding step of the ``decode_position_models`` (None:
+    :data:`transevolve.bench.decode.POSITION_MODELS`) as causal decoders of the line-up's shape at those positions,
+    batch ``decode_position_batch``, ``decode_position_rounds`` rounds of ``decode_position_steps`` steps.
+    ``probes=False`` times no peak probes before the steps (no MFU; saves their time). ``memory_one_process``
+    measures a configuration's memory modes in one subprocess (inference first, each step against its own
+    baseline) instead of one subprocess per mode. ``crossover`` adds the report's crossover section (each model
+    against ``transformer`` over the lengths) in place of the issue targets;
+    ``check_all_fast_paths`` checks every fast path of the line-up against a reference sibling (built for the check
+    when the line-up has none; TransEvolve, sparse and linear attention).
     """
 
     lengths: list[int] = field(default_factory=lambda: [128, 256, 512, 1024, 2048, 4096])
@@ -73,9 +93,23 @@ class SuiteOptions:
     width: int = 256
     heads: int = 4
     depth: int = 6
+    length_rounds: dict[int, int] = field(default_factory=dict)
+    max_step_seconds: float | None = None
+    decode_positions: list[int] = field(default_factory=list)
+    decode_position_models: list[str] | None = None
+    decode_position_batch: int = 1
+    decode_position_steps: int = 8
+    decode_position_rounds: int = 3
+    crossover: bool = False
+    check_all_fast_paths: bool = False
+    memory_one_process: bool = False
+    probes: bool = True
 
     def batch(self, length: int) -> int:
         return self.batch_size or max(1, self.tokens_per_batch // length)
+
+    def rounds_at(self, length: int) -> int:
+        return self.length_rounds.get(length, self.rounds)
 
 
 QUICK_MODELS = ["transformer", "x-transformers", "transevolve-full-1x6/reference", "transevolve-full-1x6/factorised",
@@ -85,13 +119,22 @@ QUICK_MODELS = ["transformer", "x-transformers", "transevolve-full-1x6/reference
 #: Issue #15's line-up: the library's default paths (``attention_impl="auto"``) against x-transformers.
 ISSUE15_MODELS = ["x-transformers", "transformer", "transevolve-full-1x6", "transevolve-random-1x6"]
 
-PRESETS = ("full", "quick", "issue15")
+#: Issue #16's efficient-attention line-up: our Transformer, TransEvolve's fast and low-memory paths, the Sparse
+#: Transformer's two patterns and the Linear Transformer.
+EFFICIENT_MODELS = ["transformer", "transevolve-full-1x6/factorised", "transevolve-full-1x6/low_memory",
+                    "sparse-strided", "sparse-fixed", "linear"]
+
+PRESETS = ("full", "quick", "issue15", "efficient")
 
 
 def preset(name: str) -> SuiteOptions:
     """``full``: the issue-6 grid (about 36 minutes on 2 quiet cores); ``quick``: a smoke run under 2 minutes;
     ``issue15``: issue #15's shape (batch 4, n = 512 and 2048, fp32 and bf16, both dense backends, the
-    low-memory inference memory at n = 4096; about 8 minutes on 2 quiet cores)."""
+    low-memory inference memory at n = 4096; about 8 minutes on 2 quiet cores); ``efficient``: issue #16's
+    efficient attentions (:data:`EFFICIENT_MODELS`) at n = 512 ... 8192 (8,192 tokens per batch; 2 rounds, 1 at
+    n = 8192; no peak probes; a 90 s cap per training step), training and inference memory at every length, and
+    the per-token decoding cost at positions 256 ... 8192 (about 15 minutes on 2 quiet cores, see
+    benchmarks/README.md)."""
     if name == "full":
         return SuiteOptions()
     if name == "quick":
@@ -108,6 +151,13 @@ def preset(name: str) -> SuiteOptions:
                             split_lengths=[512, 2048], memory_lengths=[4096],
                             memory_models=["transformer", "transevolve-full-1x6/low_memory"],
                             memory_modes=("infer",), mfu=False, decode_tokens=0)
+    if name == "efficient":
+        lengths = [512, 1024, 2048, 4096, 8192]
+        return SuiteOptions(lengths=lengths, models=list(EFFICIENT_MODELS), tokens_per_batch=8192, rounds=2,
+                            warmup=1, length_rounds={8192: 1}, max_step_seconds=90.0, probes=False,
+                            split_lengths=[], memory_lengths=list(lengths), mfu=False, decode_tokens=0,
+                            memory_one_process=True, decode_positions=[256, 1024, 4096, 8192], crossover=True,
+                            check_all_fast_paths=True)
     raise ValueError(f"unknown preset {name!r}; choose from {list(PRESETS)}")
 
 
@@ -121,13 +171,22 @@ def _backends(requested: list[str], notes: list[str]) -> list[str]:
     return requested
 
 
-def _check_fast_paths(specs: list[ModelSpec], length: int, batch: int) -> list[dict[str, Any]]:
-    """Max |fast - reference| of eval outputs for every fast TransEvolve spec with a reference sibling."""
+def _check_fast_paths(specs: list[ModelSpec], length: int, batch: int, build_references: bool = False
+                      ) -> list[dict[str, Any]]:
+    """Max |fast - reference| of eval outputs for every fast TransEvolve spec with a reference sibling in ``specs``;
+    with ``build_references``, every fast spec of an attention with a reference path (TransEvolve, sparse,
+    linear), a sibling built for the check where ``specs`` has none."""
+    checked = ("evolved", "sparse", "linear") if build_references else ("evolved",)
     references = {spec.config: spec for spec in specs
-                  if spec.config.attention == "evolved" and spec.config.attention_impl == "reference"}
+                  if spec.config.attention in checked and spec.config.attention_impl == "reference"}
     rows = []
     for spec in specs:
+        if spec.external is not None or spec.config.attention not in checked:
+            continue
         reference = references.get(spec.config)         # attention_impl is not part of config equality
+        if reference is None and build_references and spec.config.attention_impl != "reference":
+            reference = ModelSpec(f"{spec.name} (attention_impl=reference)",
+                                  spec.config.replace(attention_impl="reference"))
         if reference is None or spec is reference:
             continue
         outputs = []
@@ -166,15 +225,17 @@ def run_suite(options: SuiteOptions, log: Callable[[str], None] = print) -> dict
                                "models": [spec.to_dict() for spec in specs]}
     throughput = []
     for length in options.lengths:
-        batch = options.batch(length)
+        batch, rounds = options.batch(length), options.rounds_at(length)
         split = options.split_lengths is None or length in options.split_lengths
-        log(f"throughput: n={length}, batch {batch}, {len(cases)} configurations, {options.rounds} rounds"
+        log(f"throughput: n={length}, batch {batch}, {len(cases)} configurations, {rounds} rounds"
             + (", one profiled training step each" if split else ""))
-        throughput += measurement_dicts(run_group(cases, length, batch, options.rounds, options.warmup, log,
-                                                  split=split))
+        rows = measurement_dicts(run_group(cases, length, batch, rounds, options.warmup, log, split=split,
+                                           max_step_seconds=options.max_step_seconds, probes=options.probes))
+        notes += [f"{row['model']} at n={length} skipped: {row['skipped']}" for row in rows if row["skipped"]]
+        throughput += rows
     results["throughput"] = throughput
     results["peaks_gflops"], results["probe_size"] = _peak_summary(throughput), harness.PROBE_SIZE
-    results["memory"] = _memory(options, specs, backends, throughput, log)
+    results["memory"] = _memory(options, specs, backends, throughput, log, notes)
     if options.mfu:
         wide = model_specs(512, 8, options.depth, ["transformer", "x-transformers",
                                                    "transevolve-full-1x6/factorised"])
@@ -190,18 +251,36 @@ def run_suite(options: SuiteOptions, log: Callable[[str], None] = print) -> dict
             for batch in options.decode_batches:
                 log(f"decode: {spec.name}, batch {batch}, {options.decode_tokens} tokens, cached and uncached")
                 results["decode"].append(run_decode(spec, options.decode_tokens, batch, rounds=options.decode_rounds))
+    if options.decode_positions:
+        results["decode_by_position"] = _decode_positions(options, log)
     log(f"fast-path check at n={options.check_length}")
-    results["fast_path_check"] = _check_fast_paths(specs, options.check_length, 2)
+    results["fast_path_check"] = _check_fast_paths(specs, options.check_length, 2, options.check_all_fast_paths)
     results["notes"] = notes
     results["seconds"] = time.perf_counter() - started
     return results
 
 
+def _decode_positions(options: SuiteOptions, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Per-token decoding cost against position (causal decoders of the line-up's width, heads and depth)."""
+    steps, rounds, warmup = options.decode_position_steps, options.decode_position_rounds, 2
+    max_length = positions_max_length(options.decode_positions, steps, rounds, warmup)
+    specs = position_specs(options.width, options.heads, options.depth, max_length=max_length,
+                           names=options.decode_position_models)
+    return run_positions(specs, options.decode_positions, batch=options.decode_position_batch, steps=steps,
+                         rounds=rounds, warmup=warmup, log=log)
+
+
 def _memory(options: SuiteOptions, specs: list[ModelSpec], backends: list[str], throughput: list[dict[str, Any]],
-            log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Peak memory rows (fp32, the first requested dense backend); each also fills the matching throughput row."""
+            log: Callable[[str], None], notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Peak memory rows (fp32, the first requested dense backend); each also fills the matching throughput row.
+
+    A configuration whose timed row at that length was skipped (out of memory, over the time cap) is not measured;
+    a measurement that fails (the subprocess ran out of memory, crashed or took over 10 minutes) is None. Both
+    add a line to ``notes``.
+    """
     if not options.memory_lengths or not options.memory_modes:
         return []
+    notes = notes if notes is not None else []
     names = options.memory_models if options.memory_models is not None else [spec.name for spec in specs]
     memory_specs = model_specs(options.width, options.heads, options.depth, names) if names else []
     rows = []
@@ -211,15 +290,29 @@ def _memory(options: SuiteOptions, specs: list[ModelSpec], backends: list[str], 
         for case in make_cases(memory_specs, ["fp32"], backends[:1]):
             if case.spec.max_length is not None and length > case.spec.max_length:
                 continue
+            matching = [timed for timed in throughput
+                        if (timed["base_model"], timed["length"], timed["precision"], timed["dense_backend"]) == (
+                            case.spec.name, length, "fp32", case.dense_backend)]
+            skipped = next((timed["skipped"] for timed in matching if timed["skipped"]), None)
+            if skipped:
+                notes.append(f"peak memory of {case.name} at n={length} not measured: its timed row was skipped "
+                             f"({skipped})")
+                continue
             row: dict[str, Any] = {"model": case.name, "base_model": case.spec.name, "length": length,
                                    "batch": options.batch(length), "precision": "fp32",
                                    "dense_backend": case.dense_backend}
+            if options.memory_one_process:
+                peaks = measure_memories(case.spec, length, row["batch"], options.memory_modes,
+                                         dense_backend=case.dense_backend)
+            else:
+                peaks = {mode: measure_memory(case.spec, length, row["batch"], mode, dense_backend=case.dense_backend)
+                         for mode in options.memory_modes}
             for mode in options.memory_modes:
-                row[f"{mode}_memory_mb"] = measure_memory(case.spec, length, row["batch"], mode,
-                                                          dense_backend=case.dense_backend)
+                row[f"{mode}_memory_mb"] = peaks[mode]
+                if row[f"{mode}_memory_mb"] is None:
+                    notes.append(f"peak {mode} memory of {case.name} at n={length} failed (out of memory, error or "
+                                 "over 10 minutes)")
             rows.append(row)
-            for timed in throughput:
-                if (timed["base_model"], timed["length"], timed["precision"], timed["dense_backend"]) == (
-                        case.spec.name, length, "fp32", case.dense_backend) and not timed["skipped"]:
-                    timed.update({key: row[key] for key in row if key.endswith("_memory_mb")})
+            for timed in matching:
+                timed.update({key: row[key] for key in row if key.endswith("_memory_mb")})
     return rows
