@@ -14,7 +14,7 @@ from transevolve.train.loop import MODEL_KIND
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "src" / "transevolve" / "configs"
 RUN_FILES = sorted(p for p in CONFIG_ROOT.rglob("*.yaml")
-                   if p.parent.name not in ("compare", "study") and p.name != "base.yaml")
+                   if p.parent.name not in ("compare", "study", "results") and p.name != "base.yaml")
 COMPARE_FILES = sorted((CONFIG_ROOT / "compare").glob("*.yaml"))
 
 

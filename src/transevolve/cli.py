@@ -493,7 +493,8 @@ def _root(
 
 
 # Command groups that live next to their code (`transevolve data ...`, `transevolve bench ...`).
-_GROUPS = {"data": "transevolve.data.cli", "bench": "transevolve.bench.cli", "study": "transevolve.study_cli"}
+_GROUPS = {"data": "transevolve.data.cli", "bench": "transevolve.bench.cli", "study": "transevolve.study_cli",
+           "results": "transevolve.results_cli"}
 
 
 def _add_groups() -> None:

@@ -37,7 +37,6 @@ import dataclasses
 import json
 import math
 import statistics
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from typing import Any
 from transevolve.compare import preset_path
 from transevolve.config import ModelConfig
 from transevolve.errors import ConfigError
+from transevolve.provenance import git_commit, write_json_atomically
 from transevolve.train.config import RunConfig, apply_dotted, load_yaml_with_base, run_config_from_dict
 
 DEFAULT_STUDY = "study/dp-width.yaml"
@@ -187,14 +187,6 @@ def cell_dir(out: Path, study: Study, task: str, size: int, model: str, width: i
     return out / task / f"{study.tasks[task].size_option}-{size}" / model / f"width-{width}" / f"seed-{seed}"
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def run_cell(study: Study, out: Path, task: str, size: int, model: str, width: int, seed: int,
              overrides: list[str] | None = None, quiet: bool = False) -> dict[str, Any] | None:
     """Train and evaluate one cell, or read it if finished; None when the run was interrupted."""
@@ -213,11 +205,9 @@ def run_cell(study: Study, out: Path, task: str, size: int, model: str, width: i
             "width": width, "seed": seed, "metric": study.metric,
             "test": result.test, "validation": result.validation, "parameters": result.parameters,
             "steps": result.steps, "train_seconds": result.train_seconds,
-            "tokens_per_second": result.tokens_per_second, "git_commit": _git_commit(),
+            "tokens_per_second": result.tokens_per_second, "git_commit": git_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M"), "config": config.to_dict()}
-    temporary = record.with_suffix(".tmp")
-    temporary.write_text(json.dumps(cell, indent=2) + "\n")
-    temporary.replace(record)
+    write_json_atomically(record, cell)
     return cell
 
 
