@@ -143,6 +143,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return _OneDNNLinear.apply(flat, weight, bias).view(*x.shape[:-1], weight.shape[0])
 
 
+def fused_linear(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """Several projections of the same input ``x (..., in)`` as one product (weights concatenated), split back into
+    one ``(..., out_i)`` tensor per layer."""
+    weight = torch.cat([layer.weight for layer in layers])
+    bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])
+    return linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same state-dict keys) whose product goes through :func:`linear`."""
 

@@ -40,8 +40,9 @@ from torch import nn
 
 from transevolve.config import ModelConfig
 from transevolve.modules.cache import StepContext
+from transevolve.modules.dense import fused_linear
 from transevolve.modules.heads import merge_heads, split_heads
-from transevolve.modules.init import dense
+from transevolve.modules.init import add_attention_projections
 from transevolve.modules.masks import AttentionMasks
 
 #: Added to the denominator (the reference implementation's value).
@@ -153,21 +154,14 @@ class LinearAttention(nn.Module):
         self.feature_map = FEATURE_MAPS[config.linear_feature_map]
         #: ``reference`` (explicit kernel matrix) or the fast path (any other value); may be changed on a built model.
         self.attention_impl = config.attention_impl
-        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.query_proj = dense(d, d)
-        self.key_proj = dense(d, d)
-        self.value_proj = dense(d, d)
-        self.output_proj = dense(d, d)
-        self.dropout = nn.Dropout(config.dropout)
+        add_attention_projections(self, d, config.layer_norm_eps, config.dropout)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return split_heads(x, self.num_heads)                                       # (b, h, n, e)
 
     def _keys_values(self, source: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``source (b, s, d)``, ``real (b, s)`` bool -> ``phi(k)`` zeroed at padding and ``v``, ``(b, h, s, e)``."""
-        weight = torch.cat([self.key_proj.weight, self.value_proj.weight])
-        bias = torch.cat([self.key_proj.bias, self.value_proj.bias])
-        k, v = (self._heads(x) for x in F.linear(source, weight, bias).chunk(2, dim=-1))
+        k, v = (self._heads(x) for x in fused_linear(source, self.key_proj, self.value_proj))
         return self.feature_map(k) * real[:, None, :, None].to(k.dtype), v
 
     def forward(self, state: torch.Tensor, source: torch.Tensor, masks: AttentionMasks, block: None = None,

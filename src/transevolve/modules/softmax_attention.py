@@ -17,9 +17,9 @@ from torch import nn
 
 from transevolve.config import ModelConfig
 from transevolve.modules.cache import StepContext, append_cache
-from transevolve.modules.dense import linear
+from transevolve.modules.dense import fused_linear
 from transevolve.modules.heads import merge_heads, split_heads
-from transevolve.modules.init import dense
+from transevolve.modules.init import add_attention_projections
 from transevolve.modules.masks import AttentionMasks
 
 
@@ -36,19 +36,9 @@ class SoftmaxAttention(nn.Module):
         d = config.width
         self.num_heads = config.num_heads
         self.cross = cross
-        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.query_proj = dense(d, d)
-        self.key_proj = dense(d, d)
-        self.value_proj = dense(d, d)
-        self.output_proj = dense(d, d)
-        self.dropout = nn.Dropout(config.dropout)
+        add_attention_projections(self, d, config.layer_norm_eps, config.dropout)
 
-    @staticmethod
-    def _project(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
-        """Several projections of the same input as one matmul (weights concatenated)."""
-        weight = torch.cat([layer.weight for layer in layers])
-        bias = torch.cat([layer.bias for layer in layers])
-        return linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
+    _project = staticmethod(fused_linear)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return split_heads(x, self.num_heads)                                          # (b, h, n, d/h)

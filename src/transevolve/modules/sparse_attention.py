@@ -61,8 +61,9 @@ from torch import nn
 
 from transevolve.config import ModelConfig
 from transevolve.modules.cache import StepContext, append_cache
+from transevolve.modules.dense import fused_linear
 from transevolve.modules.heads import merge_heads, split_heads
-from transevolve.modules.init import dense
+from transevolve.modules.init import add_attention_projections
 from transevolve.modules.masks import AttentionMasks
 
 #: Which sets of the pattern a head uses: ``A1 | A2``, ``A1`` or ``A2``.
@@ -299,19 +300,12 @@ class SparseAttention(nn.Module):
         self.parts = head_parts(config, times)
         #: ``reference`` (dense, masked) or the fast path (any other value); may be changed on a built model.
         self.attention_impl = config.attention_impl
-        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.query_proj = dense(d, d)
-        self.key_proj = dense(d, d)
-        self.value_proj = dense(d, d)
-        self.output_proj = dense(d, d)
-        self.dropout = nn.Dropout(config.dropout)
+        add_attention_projections(self, d, config.layer_norm_eps, config.dropout)
 
     def _project(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(b, n, d)`` -> scaled queries, keys, values ``(b, h, n, e)`` (one matmul)."""
-        layers = (self.query_proj, self.key_proj, self.value_proj)
-        weight = torch.cat([layer.weight for layer in layers])
-        bias = torch.cat([layer.bias for layer in layers])
-        q, k, v = (split_heads(x, self.num_heads) for x in F.linear(normed, weight, bias).chunk(3, dim=-1))
+        q, k, v = (split_heads(x, self.num_heads)
+                   for x in fused_linear(normed, self.query_proj, self.key_proj, self.value_proj))
         return q * self.scale, k, v
 
     def forward(self, state: torch.Tensor, source: torch.Tensor, masks: AttentionMasks, block: None = None,
