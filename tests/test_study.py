@@ -144,3 +144,22 @@ def test_cell_directories_are_stable(tmp_path: Path) -> None:
     study = load_study(str(_write(tmp_path)))
     assert study_module.cell_dir(tmp_path, study, "lis", 6, "transevolve", 16, 1) == \
         tmp_path / "lis" / "n-6" / "transevolve" / "width-16" / "seed-1"
+
+
+def test_a_width_that_cannot_reach_the_threshold_skips_its_other_seeds(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # threshold 0.8, two seeds: a first seed below 0.6 leaves the mean below 0.8 whatever the second scores.
+    study = load_study(str(_write(tmp_path, prune_seeds=True, models={"transformer": {"attention": "softmax"}},
+                                  tasks={"lis": {"base": str(CONFIGS / "lis" / "base.yaml"), "size": "n",
+                                                 "sizes": [6]}})))
+    assert study.unreachable([0.59]) and not study.unreachable([0.61]) and not study.unreachable([0.1, 0.2])
+    trainer = _FakeTrainer()
+    monkeypatch.setattr("transevolve.train.loop.train", trainer)
+    assert run_study(study, tmp_path / "out", log=lambda line: None) is True
+    # n=6: width 8 -> 0.33 (pruned after seed 0), 16 -> 0.67 (seed 1 may still lift the mean: both run), 32 -> 1.0
+    assert trainer.calls == [(6, "transformer", 8, 0), (6, "transformer", 16, 0), (6, "transformer", 16, 1),
+                             (6, "transformer", 32, 0), (6, "transformer", 32, 1)]
+    row = json.loads((tmp_path / "out" / "study.json").read_text())["rows"][0]
+    assert row["required_width"] == 32
+    assert row["widths"]["8"]["pruned"] is True and row["widths"]["16"]["pruned"] is False
+    assert "pruned" in (tmp_path / "out" / "report.md").read_text()

@@ -11,6 +11,7 @@ thought, while the standard Transformer does not. A study file names the tasks a
     widths: [32, 64, 128, 256]           # tried in this order; num_heads fixed, so head width grows with width
     num_heads: 2
     stop_at_threshold: true              # the first width that reaches the threshold ends a (task, size, model)
+    prune_seeds: true                    # a width that can no longer reach the threshold skips its other seeds
     model: {layers_per_block: 3, num_blocks: 1, dropout: 0.0}           # shared by every cell
     train: {max_steps: 2000, batch_size: 64}                            # shared by every cell
     models:
@@ -23,6 +24,10 @@ thought, while the standard Transformer does not. A study file names the tasks a
         size: n                          # the task option that sets the problem size
         sizes: [8, 16, 32]
         models: {sparse: {sparse_block_size: [4, 6, 8]}}   # per-model fields; a list gives one value per size
+
+Seeds run in order; with ``prune_seeds`` a width stops its seeds as soon as its mean could not reach the threshold
+even if every remaining seed scored 1.0 (two seeds, threshold 0.9: a first seed below 0.8), so a width that fails
+costs one run, not two. Such a width is reported as ``pruned`` (fewer seeds); it could never be the required width.
 
 Every cell (task, size, model, width, seed) is an ordinary training run (``OUT/<task>/<size option>-<size>/
 <model>/width-<w>/seed-<s>``) followed by ``cell.json`` (configuration, git commit, steps, time, parameters,
@@ -51,8 +56,8 @@ from transevolve.train.config import RunConfig, apply_dotted, load_yaml_with_bas
 
 DEFAULT_STUDY = "study/dp-width.yaml"
 QUICK_STUDY = "study/dp-width-quick.yaml"
-_STUDY_KEYS = {"threshold", "metric", "seeds", "widths", "num_heads", "stop_at_threshold", "model", "train",
-               "models", "tasks", "description"}
+_STUDY_KEYS = {"threshold", "metric", "seeds", "widths", "num_heads", "stop_at_threshold", "prune_seeds", "model",
+               "train", "models", "tasks", "description"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,12 @@ class Study:
     train: dict[str, Any]
     models: dict[str, dict[str, Any]]
     tasks: dict[str, StudyTask]
+    prune_seeds: bool = False
+
+    def unreachable(self, values: list[float]) -> bool:
+        """True when seeds scoring ``values`` can no longer give a mean at the threshold, whatever the rest score."""
+        remaining = len(self.seeds) - len(values)
+        return remaining > 0 and (sum(values) + remaining) / len(self.seeds) < self.threshold
 
     def run_config(self, task: str, size: int, model: str, width: int, seed: int,
                    overrides: list[str] | None = None) -> RunConfig:
@@ -168,7 +179,8 @@ def load_study(name: str = DEFAULT_STUDY, only_tasks: list[str] | None = None,
     source = str(path) if Path(name).is_file() else name            # a packaged preset: its short name
     study = Study(source, float(threshold), str(data.get("metric", "generated_accuracy")), file_seeds, widths,
                   num_heads, bool(data.get("stop_at_threshold", True)), dict(data.get("model") or {}),
-                  dict(data.get("train") or {}), {k: dict(v) for k, v in models.items()}, tasks)
+                  dict(data.get("train") or {}), {k: dict(v) for k, v in models.items()}, tasks,
+                  bool(data.get("prune_seeds", False)))
     for task_name, spec in study.tasks.items():                    # build every configuration once: errors now
         for size in spec.sizes:
             for model_name in study.models:
@@ -245,9 +257,14 @@ def run_study(study: Study, out: str | Path, overrides: list[str] | None = None,
                     write_study_report(study, out)
                     return False
                 cells.append(cell)
+                values = [c["test"].get(study.metric) for c in cells]
+                if study.prune_seeds and None not in values and study.unreachable(values):
+                    break
             accuracy = _mean_metric(cells, study.metric)
+            pruned = len(cells) < len(study.seeds)
             log(f"{task} {study.tasks[task].size_option}={size} {model} width {width}: {study.metric} "
-                f"{'n/a' if accuracy is None else f'{accuracy:.3f}'} over {len(cells)} seed(s)")
+                f"{'n/a' if accuracy is None else f'{accuracy:.3f}'} over {len(cells)} seed(s)"
+                + (f" (below {study.threshold} whatever the other seeds score: pruned)" if pruned else ""))
             if study.stop_at_threshold and accuracy is not None and accuracy >= study.threshold:
                 break
     write_study_report(study, out)
@@ -284,6 +301,7 @@ def summarise(study: Study, cells: list[dict[str, Any]]) -> list[dict[str, Any]]
             per_width[width] = {
                 "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                 "seeds": len(values), "complete": len(values) == len(study.seeds),
+                "pruned": study.prune_seeds and study.unreachable(values),
                 "chain_valid": statistics.fmean(c["test"].get("chain_valid", math.nan) for c in group),
                 "parameters": group[0]["parameters"],
                 "train_seconds": statistics.fmean(c["train_seconds"] for c in group)}
@@ -302,7 +320,8 @@ def write_study_report(study: Study, out: str | Path) -> Path:
     seconds = sum(c["train_seconds"] for c in cells)
     (out / "study.json").write_text(json.dumps(
         {"source": study.source, "threshold": study.threshold, "metric": study.metric, "seeds": list(study.seeds),
-         "widths": list(study.widths), "num_heads": study.num_heads, "models": study.models,
+         "widths": list(study.widths), "num_heads": study.num_heads, "prune_seeds": study.prune_seeds,
+         "models": study.models,
          "rows": rows, "cells": len(cells), "train_seconds": seconds, "date": time.strftime("%Y-%m-%d %H:%M")},
         indent=2) + "\n")
     plots = _plot(study, rows, out) if cells else []
@@ -321,7 +340,9 @@ def write_study_report(study: Study, out: str | Path) -> Path:
                 else:
                     cells_text.append(f">{row['largest_measured']}" if row["largest_measured"] else "-")
             lines.append(f"| {task} | {spec.size_option}={size} | " + " | ".join(cells_text) + " |")
-    lines += ["", f"Accuracy per width (test `{study.metric}`, mean +- std over seeds; chain valid in brackets):", "",
+    lines += ["", f"Accuracy per width (test `{study.metric}`, mean +- std over seeds; chain valid in brackets; "
+              "`pruned`: its first seed(s) left the threshold out of reach, the others did not run; `partial`: "
+              "seeds still to run):", "",
               "| task | size | model | " + " | ".join(f"w={w}" for w in study.widths) + " |",
               "|---|---|---|" + "---|" * len(study.widths)]
     for row in rows:
@@ -330,7 +351,7 @@ def write_study_report(study: Study, out: str | Path) -> Path:
             entry = row["widths"].get(width)
             values.append("-" if entry is None else
                           f"{entry['mean']:.3f} +- {entry['std']:.3f} ({entry['chain_valid']:.2f})"
-                          + ("" if entry["complete"] else " partial"))
+                          + ("" if entry["complete"] else " pruned" if entry.get("pruned") else " partial"))
         lines.append(f"| {row['task']} | {row['size_option']}={row['size']} | {row['model']} | "
                      + " | ".join(values) + " |")
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
