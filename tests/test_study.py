@@ -127,6 +127,11 @@ def test_required_width_needs_every_seed_and_unreached_rows_say_so(tmp_path: Pat
     row = summarise(study, cells)[0]
     assert row["required_width"] is None and row["largest_measured"] == 16
     assert row["widths"][8]["complete"] is False
+    out = tmp_path / "cells"
+    record = out / "lis" / "n-4" / "transformer" / "width-8" / "seed-0" / "cell.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps(cells[0]))
+    assert "| lis | n=4 | 8? |" in write_study_report(study, out).read_text()      # seed 1 still to run
     out = tmp_path / "empty"
     out.mkdir()
     assert "| lis | n=4 | - |" in write_study_report(study, out).read_text()

@@ -308,6 +308,7 @@ def summarise(study: Study, cells: list[dict[str, Any]]) -> list[dict[str, Any]]
         required = next((w for w, v in per_width.items() if v["complete"] and v["mean"] >= study.threshold), None)
         rows.append({"task": task, "size_option": study.tasks[task].size_option, "size": size, "model": model,
                      "required_width": required, "largest_measured": max(per_width, default=None),
+                     "pending": [w for w, v in per_width.items() if not v["complete"] and not v["pruned"]],
                      "widths": per_width})
     return rows
 
@@ -327,7 +328,8 @@ def write_study_report(study: Study, out: str | Path) -> Path:
     plots = _plot(study, rows, out) if cells else []
     lines = [f"# Required width against problem size (`{study.source}`)", "",
              f"Smallest width whose test `{study.metric}` (mean over seeds {list(study.seeds)}) reaches "
-             f"{study.threshold:.0%}; `>w` = no measured width up to w reaches it. {len(cells)} cells, "
+             f"{study.threshold:.0%}; `>w` = no measured width up to w reaches it; `w?` = width w has seeds still to "
+             f"run. {len(cells)} cells, "
              f"{seconds / 3600:.2f} h of training on this machine.", "",
              "| task | size | " + " | ".join(study.models) + " |", "|---|---|" + "---|" * len(study.models)]
     for task, spec in study.tasks.items():
@@ -337,6 +339,8 @@ def write_study_report(study: Study, out: str | Path) -> Path:
                 row = next(r for r in rows if (r["task"], r["size"], r["model"]) == (task, size, model))
                 if row["required_width"] is not None:
                     cells_text.append(str(row["required_width"]))
+                elif row["pending"]:                                # a width whose seeds have not all run
+                    cells_text.append(f"{row['pending'][0]}?")
                 else:
                     cells_text.append(f">{row['largest_measured']}" if row["largest_measured"] else "-")
             lines.append(f"| {task} | {spec.size_option}={size} | " + " | ".join(cells_text) + " |")
@@ -369,7 +373,8 @@ def _plot(study: Study, rows: list[dict[str, Any]], out: Path) -> list[Path]:
     for ax, task in zip(axes[0], tasks, strict=True):
         for model in study.models:
             points = [(r["size"], r["required_width"] or 2 * (r["largest_measured"] or 0))
-                      for r in rows if r["task"] == task and r["model"] == model and r["largest_measured"]]
+                      for r in rows if r["task"] == task and r["model"] == model and r["largest_measured"]
+                      and (r["required_width"] or not r["pending"])]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=model)
         ax.set_xlabel(study.tasks[task].size_option)
