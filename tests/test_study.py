@@ -42,6 +42,14 @@ def test_cells_set_the_problem_size_width_heads_and_per_size_fields(tmp_path: Pa
     assert study.run_config("lis", 4, "transevolve", 8, 0).model["dropout"] == 0.0          # the base's value
 
 
+def test_a_task_can_change_the_shared_training_budget(tmp_path: Path) -> None:
+    spec = {"base": str(CONFIGS / "lis" / "base.yaml"), "size": "n", "sizes": [4],
+            "train": {"max_steps": 9, "learning_rate": 0.01}}
+    study = load_study(str(_write(tmp_path, train={"max_steps": 5, "batch_size": 8}, tasks={"lis": spec})))
+    run = study.run_config("lis", 4, "transformer", 8, seed=1)
+    assert (run.train.max_steps, run.train.learning_rate, run.train.batch_size, run.train.seed) == (9, 0.01, 8, 1)
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"threshold": 1.5}, "threshold must be in"),
     ({"widths": [8, 15]}, "must be a positive integer dividing every width"),
@@ -54,6 +62,8 @@ def test_cells_set_the_problem_size_width_heads_and_per_size_fields(tmp_path: Pa
                         "models": {"sparse": {}}}}}, "not in models"),
     ({"models": {"transformer": {"attention": "evolved", "num_blocks": 0}}}, "cell lis n=4 transformer width 8"),
     ({"widths": [8], "colour": 1}, "unknown keys"),
+    ({"tasks": {"lis": {"base": str(CONFIGS / "lis" / "base.yaml"), "size": "n", "sizes": [4],
+                        "train": [1]}}}, "tasks.lis.train must map"),
 ])
 def test_bad_study_files_say_what_is_wrong(tmp_path: Path, changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

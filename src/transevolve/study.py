@@ -24,6 +24,7 @@ thought, while the standard Transformer does not. A study file names the tasks a
         size: n                          # the task option that sets the problem size
         sizes: [8, 16, 32]
         models: {sparse: {sparse_block_size: [4, 6, 8]}}   # per-model fields; a list gives one value per size
+        train: {max_steps: 4000}         # this task's training fields over the shared ones (optional)
 
 Seeds run in order; with ``prune_seeds`` a width stops its seeds as soon as its mean could not reach the threshold
 even if every remaining seed scored 1.0 (two seeds, threshold 0.9: a first seed below 0.8), so a width that fails
@@ -70,6 +71,7 @@ class StudyTask:
     sizes: tuple[int, ...]
     model_fields: dict[str, dict[str, Any]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ class Study:
         data["model"] = {**(data.get("model") or {}), **self.model, **self.models[model], **per_size,
                          "name": model, "width": width, "num_heads": self.num_heads,
                          "time_dim": width // self.num_heads}
-        data["train"] = {**(data.get("train") or {}), **self.train, "seed": seed}
+        data["train"] = {**(data.get("train") or {}), **self.train, **spec.train, "seed": seed}
         return run_config_from_dict(apply_dotted(data, overrides or []))
 
 
@@ -161,10 +163,14 @@ def load_study(name: str = DEFAULT_STUDY, only_tasks: list[str] | None = None,
             raise ConfigError(f"{path}: tasks.{task_name} needs base (a run file), size (a task option) and sizes")
         sizes = _positive_ints(spec["sizes"], f"tasks.{task_name}.sizes", path)
         fields = spec.get("models") or {}
-        extra = sorted(set(spec) - {"base", "size", "sizes", "models", "options"})
+        extra = sorted(set(spec) - {"base", "size", "sizes", "models", "options", "train"})
         if extra:
             raise ConfigError(f"{path}: tasks.{task_name} has unknown keys {extra} "
-                              "(known: base, size, sizes, models, options)")
+                              "(known: base, size, sizes, models, options, train)")
+        for key in ("options", "train"):
+            if not isinstance(spec.get(key) or {}, dict):
+                raise ConfigError(f"{path}: tasks.{task_name}.{key} must map field names to values, "
+                                  f"got {spec[key]!r}")
         stray = sorted(set(fields) - set(data["models"]))
         if stray:
             raise ConfigError(f"{path}: tasks.{task_name}.models names {stray}, not in models {list(data['models'])}")
@@ -175,7 +181,7 @@ def load_study(name: str = DEFAULT_STUDY, only_tasks: list[str] | None = None,
                                       f"values for {len(sizes)} sizes")
         tasks[task_name] = StudyTask(task_name, load_yaml_with_base(path.parent / spec["base"]), str(spec["size"]),
                                      sizes, {k: dict(v or {}) for k, v in fields.items()},
-                                     dict(spec.get("options") or {}))
+                                     dict(spec.get("options") or {}), dict(spec.get("train") or {}))
     source = str(path) if Path(name).is_file() else name            # a packaged preset: its short name
     study = Study(source, float(threshold), str(data.get("metric", "generated_accuracy")), file_seeds, widths,
                   num_heads, bool(data.get("stop_at_threshold", True)), dict(data.get("model") or {}),
@@ -261,7 +267,8 @@ def run_study(study: Study, out: str | Path, overrides: list[str] | None = None,
                 if study.prune_seeds and None not in values and study.unreachable(values):
                     break
             accuracy = _mean_metric(cells, study.metric)
-            pruned = len(cells) < len(study.seeds)
+            values = [c["test"].get(study.metric) for c in cells]
+            pruned = study.prune_seeds and None not in values and study.unreachable(values)
             log(f"{task} {study.tasks[task].size_option}={size} {model} width {width}: {study.metric} "
                 f"{'n/a' if accuracy is None else f'{accuracy:.3f}'} over {len(cells)} seed(s)"
                 + (f" (below {study.threshold} whatever the other seeds score: pruned)" if pruned else ""))
@@ -355,7 +362,7 @@ def write_study_report(study: Study, out: str | Path) -> Path:
             entry = row["widths"].get(width)
             values.append("-" if entry is None else
                           f"{entry['mean']:.3f} +- {entry['std']:.3f} ({entry['chain_valid']:.2f})"
-                          + ("" if entry["complete"] else " pruned" if entry.get("pruned") else " partial"))
+                          + ("" if entry["complete"] else  " pruned" if entry["pruned"] else " partial"))
         lines.append(f"| {row['task']} | {row['size_option']}={row['size']} | {row['model']} | "
                      + " | ".join(values) + " |")
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
