@@ -137,6 +137,11 @@ def test_required_width_needs_every_seed_and_unreached_rows_say_so(tmp_path: Pat
     row = summarise(study, cells)[0]
     assert row["required_width"] is None and row["largest_measured"] == 16
     assert row["widths"][8]["complete"] is False
+    # A measured width below the threshold with larger widths still to run is pending, not a false ">8".
+    below = [{**cell, "width": 8, "seed": s, "test": {"generated_accuracy": 0.5}} for s in (0, 1)]
+    assert summarise(study, below)[0]["pending"] == [16, 32]
+    every_width = [{**c, "width": w} for w in (8, 16, 32) for c in below]
+    assert summarise(study, every_width)[0]["pending"] == []
     out = tmp_path / "cells"
     record = out / "lis" / "n-4" / "transformer" / "width-8" / "seed-0" / "cell.json"
     record.parent.mkdir(parents=True)

@@ -313,10 +313,12 @@ def summarise(study: Study, cells: list[dict[str, Any]]) -> list[dict[str, Any]]
                 "parameters": group[0]["parameters"],
                 "train_seconds": statistics.fmean(c["train_seconds"] for c in group)}
         required = next((w for w, v in per_width.items() if v["complete"] and v["mean"] >= study.threshold), None)
+        pending = [w for w, v in per_width.items() if not v["complete"] and not v["pruned"]]
+        if required is None and per_width:                         # a started row: its larger widths are to run
+            pending += [w for w in study.widths if w not in per_width]
         rows.append({"task": task, "size_option": study.tasks[task].size_option, "size": size, "model": model,
                      "required_width": required, "largest_measured": max(per_width, default=None),
-                     "pending": [w for w, v in per_width.items() if not v["complete"] and not v["pruned"]],
-                     "widths": per_width})
+                     "pending": sorted(pending), "widths": per_width})
     return rows
 
 
@@ -335,8 +337,8 @@ def write_study_report(study: Study, out: str | Path) -> Path:
     plots = _plot(study, rows, out) if cells else []
     lines = [f"# Required width against problem size (`{study.source}`)", "",
              f"Smallest width whose test `{study.metric}` (mean over seeds {list(study.seeds)}) reaches "
-             f"{study.threshold:.0%}; `>w` = no measured width up to w reaches it; `w?` = width w has seeds still to "
-             f"run. {len(cells)} cells, "
+             f"{study.threshold:.0%}; `>w` = no measured width up to w reaches it; `w?` = width w (or a larger "
+             f"one) has seeds still to run. {len(cells)} cells, "
              f"{seconds / 3600:.2f} h of training on this machine.", "",
              "| task | size | " + " | ".join(study.models) + " |", "|---|---|" + "---|" * len(study.models)]
     for task, spec in study.tasks.items():
@@ -346,7 +348,7 @@ def write_study_report(study: Study, out: str | Path) -> Path:
                 row = next(r for r in rows if (r["task"], r["size"], r["model"]) == (task, size, model))
                 if row["required_width"] is not None:
                     cells_text.append(str(row["required_width"]))
-                elif row["pending"]:                                # a width whose seeds have not all run
+                elif row["pending"]:                               # a width whose seeds have not all run
                     cells_text.append(f"{row['pending'][0]}?")
                 else:
                     cells_text.append(f">{row['largest_measured']}" if row["largest_measured"] else "-")
@@ -362,7 +364,7 @@ def write_study_report(study: Study, out: str | Path) -> Path:
             entry = row["widths"].get(width)
             values.append("-" if entry is None else
                           f"{entry['mean']:.3f} +- {entry['std']:.3f} ({entry['chain_valid']:.2f})"
-                          + ("" if entry["complete"] else  " pruned" if entry["pruned"] else " partial"))
+                          + ("" if entry["complete"] else " pruned" if entry["pruned"] else " partial"))
         lines.append(f"| {row['task']} | {row['size_option']}={row['size']} | {row['model']} | "
                      + " | ".join(values) + " |")
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
