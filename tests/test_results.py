@@ -99,7 +99,8 @@ def test_packaged_suites_parse_and_match_parameters() -> None:
         suite = load_suite(name)
         for task in suite.tasks:
             for comparison in suite.comparisons.values():
-                widths = {row: suite.widths[(task, comparison.name, row)] for row in comparison.rows}
+                widths = {row: suite.widths[(task, comparison.name, row)]
+                          for row in suite.rows(task, comparison.name)}
                 counts = {row: suite.parameters[(task, row, w)] for row, w in widths.items()}
                 if comparison.match_parameters:
                     reference = counts[comparison.reference]
@@ -129,6 +130,11 @@ def test_cells_configs_and_names(tmp_path: Path) -> None:
         (matched.width, matched.width, 1, 6)                                  # max_digit: one head
     assert suite.run_config(suite.curve_cell("max_digit"), 0).train.max_steps == 8
     assert len(load_suite(_write(tmp_path, _data()), only_models=["transformer"]).cells("max_digit")) == 1
+    # A task may train only some rows: the other rows have no cells there and the claims must not need them.
+    data = _edit(_data(), "tasks.max_digit.rows", ["transformer", "evolved"])
+    suite = load_suite(_write(tmp_path, data))
+    assert [c.name for c in suite.cells("max_digit")] == ["transformer", "evolved"]
+    assert suite.rows("max_digit", "equal-parameters") == ("transformer",)
 
 
 def _edit(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -157,6 +163,9 @@ def _edit(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     ("claims.0.pairs", [["evolved", "nope"]], "not in models"),
     ("claims.0.tasks", ["listops"], "tasks must list some of"),
     ("claims.1.margin", 3, "not both"),
+    ("tasks.max_digit.rows", ["evolved", "random"], "leaves out transformer"),
+    ("tasks.max_digit.rows", ["transformer", "random"], "does not train them"),
+    ("tasks.max_digit.rows", ["transformer", "nope"], "not in models"),
 ])
 def test_bad_suite_files_say_what_is_wrong(tmp_path: Path, path: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -301,6 +310,9 @@ def test_report_of_an_empty_directory_says_not_run(tmp_path: Path) -> None:
     text = write_report(suite, tmp_path / "empty").read_text()
     assert "0 of 8 cells finished" in text and "not run" in text
     assert "unknown" in text                                                      # nothing to estimate from
+    restricted = load_suite(_write(tmp_path, _edit(_data(), "tasks.max_digit.rows", ["transformer", "evolved"])))
+    text = write_report(restricted, tmp_path / "empty").read_text()
+    assert "0 of 4 cells finished" in text and "| random |" not in text
 
 
 def test_cli_report_needs_results(tmp_path: Path) -> None:

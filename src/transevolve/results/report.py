@@ -75,7 +75,7 @@ def gather(suite: Suite, out: Path) -> tuple[dict[tuple[str, str, str], RowCells
     rows: dict[tuple[str, str, str], RowCells] = {}
     for task in suite.tasks:
         for comparison in suite.comparisons.values():
-            for row in comparison.rows:
+            for row in suite.rows(task, comparison.name):
                 cell = suite.cell(task, comparison.name, row)
                 entry = RowCells(task, comparison.name, row, cell)
                 if suite.tasks[task].steps is not None:
@@ -394,7 +394,7 @@ def _task_lines(suite: Suite, task: str, rows: dict[tuple[str, str, str], RowCel
         reference = suite.parameters.get((task, comparison.reference, suite.widths[(task, comparison.name,
                                                                                     comparison.reference)])) \
             if comparison.reference else None
-        for row in comparison.rows:
+        for row in suite.rows(task, comparison.name):
             entry = rows[(task, comparison.name, row)]
             records = entry.records
             width = str(entry.cell.width)
@@ -436,7 +436,7 @@ def _figures(suite: Suite, out: Path, rows: dict[tuple[str, str, str], RowCells]
         fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
         for ax, task in zip(axes[0], tasks, strict=True):
             for marker, comparison in zip("os^vD", suite.comparisons.values(), strict=False):
-                for index, row in enumerate(comparison.rows):
+                for index, row in enumerate(suite.rows(task, comparison.name)):
                     entry = rows[(task, comparison.name, row)]
                     xs = [metric_value(r, key) for r in entry.records]
                     ys = list(entry.values("headline").values())
@@ -458,7 +458,7 @@ def _figures(suite: Suite, out: Path, rows: dict[tuple[str, str, str], RowCells]
     first = next(iter(suite.comparisons.values()))
     for ax, task in zip(axes[0], tasks, strict=True):
         metric = None
-        for index, row in enumerate(first.rows):
+        for index, row in enumerate(suite.rows(task, first.name)):
             entry = rows[(task, first.name, row)]
             curves_of_row = [r["learning_curve"] for r in entry.records if r["learning_curve"]["step"]]
             if not curves_of_row:
@@ -491,7 +491,8 @@ def _attention_figure(suite: Suite, out: Path) -> Path | None:
     (seed 0 of the first comparison) in ``OUT/runs``; None (an older figure stays) when there are none."""
     first = next(iter(suite.comparisons.values()))
     for task in suite.tasks:
-        evolved = [row for row in first.rows if suite.model_fields(task, row).get("attention") == "evolved"]
+        evolved = [row for row in suite.rows(task, first.name)
+                   if suite.model_fields(task, row).get("attention") == "evolved"]
         pair = [suite.cell(task, first.name, row) for row in [*evolved[:1], suite.curve_row]]
         directories = [run_path(out, cell, 0) for cell in pair]
         if len(pair) == 2 and all((d / "checkpoints" / "best").exists() for d in directories):

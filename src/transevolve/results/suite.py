@@ -20,6 +20,7 @@ A suite file (``configs/results/suite.yaml``; ``quick.yaml`` starts from it with
         model: {...}
         train: {...}
         models: {sparse: {sparse_block_size: 20}}    # per-row model fields for this task
+        rows: [transformer, ...]             # optional: only these rows on this task (default: every row)
     claims:
       - id: ...                              # see :class:`Claim`
 
@@ -55,7 +56,8 @@ EXPECTATIONS = ("higher", "lower", "comparable")
 MATCH_CLASSES = 10
 
 _SUITE_KEYS = {"description", "seeds", "models", "comparisons", "tasks", "claims"}
-_TASK_KEYS = {"base", "metric", "steps", "budget", "curve_steps", "options", "model", "train", "models", "note"}
+_TASK_KEYS = {"base", "metric", "steps", "budget", "curve_steps", "options", "model", "train", "models", "note",
+              "rows"}
 _COMPARISON_KEYS = {"description", "rows", "match_parameters", "reference", "tolerance"}
 _CLAIM_KEYS = {"id", "quote", "source", "metric", "expect", "margin", "relative_margin", "comparisons", "tasks",
                "pairs", "note"}
@@ -73,6 +75,7 @@ class TaskSpec:
     curve_steps: int
     model_fields: dict[str, dict[str, Any]] = field(default_factory=dict)
     note: str = ""
+    rows: tuple[str, ...] | None = None           # the rows trained on this task; None: every row
 
     @property
     def task_name(self) -> str:
@@ -161,6 +164,11 @@ class Suite:
             fields["time_dim"] = width // int(fields.get("num_heads", ModelConfig.num_heads))
         return fields
 
+    def rows(self, task: str, comparison: str) -> tuple[str, ...]:
+        """The rows of ``comparison`` that ``task`` trains (its ``rows`` list, when given, restricts them)."""
+        only = self.tasks[task].rows
+        return tuple(r for r in self.comparisons[comparison].rows if only is None or r in only)
+
     def cell(self, task: str, comparison: str, row: str) -> Cell:
         width = self.widths[(task, comparison, row)]
         return Cell(task, row, width, matched=width != self.task_width(task, row))
@@ -172,7 +180,7 @@ class Suite:
         """Every cell of a task (each once, comparison order), restricted to the selected rows."""
         cells: list[Cell] = []
         for comparison in self.comparisons.values():
-            for row in comparison.rows:
+            for row in self.rows(task, comparison.name):
                 if self.selected_rows is not None and row not in self.selected_rows:
                     continue
                 cell = self.cell(task, comparison.name, row)
@@ -262,9 +270,10 @@ def _parse_task(name: str, raw: Any, source: Path, models: dict[str, Any]) -> Ta
     stray = sorted(set(per_row) - set(models))
     if stray:
         raise ConfigError(f"{source}: tasks.{name}.models names {stray}, not in models {list(models)}")
+    rows = None if spec.get("rows") is None else _rows(spec["rows"], f"tasks.{name}.rows", models, source)
     return TaskSpec(name, base, spec["metric"], None if steps == TODO else steps, budget, curve_steps,
                     {k: dict(_require_mapping(v or {}, f"tasks.{name}.models.{k}", source)) for k, v in
-                     per_row.items()}, str(spec.get("note") or ""))
+                     per_row.items()}, str(spec.get("note") or ""), rows)
 
 
 def _parse_claim(index: int, raw: Any, source: Path, models: dict[str, Any], comparisons: dict[str, Comparison],
@@ -392,6 +401,19 @@ def load_suite(name: str = DEFAULT_SUITE, only_tasks: list[str] | None = None, o
                    for i, raw in enumerate(data.get("claims") or []))
     if len({c.id for c in claims}) != len(claims):
         raise ConfigError(f"{source}: two claims share an id")
+    curve_row = next(iter(comparisons.values())).rows[0]
+    for task_name, spec in tasks.items():
+        if spec.rows is not None and curve_row not in spec.rows:
+            raise ConfigError(f"{source}: tasks.{task_name}.rows leaves out {curve_row}, the row whose learning curve "
+                              "sets the task's step budget (the first row of the first comparison): add it")
+    for claim in claims:
+        for task_name in claim.tasks:
+            only = tasks[task_name].rows
+            absent = sorted({r for pair in claim.pairs for r in pair} - set(only or models))
+            if absent:
+                raise ConfigError(f"{source}: claim {claim.id} compares {absent} on {task_name}, but "
+                                  f"tasks.{task_name}.rows does not train them (it lists {list(only or [])}); add "
+                                  f"them there or take {task_name} out of the claim's tasks")
     for selection, available, what in ((only_tasks, tasks, "task"), (only_models, models, "model")):
         missing = sorted(set(selection or []) - set(available))
         if missing:
@@ -424,20 +446,26 @@ def _resolve_widths(suite: Suite, task: str, comparison: Comparison, kind: str, 
         suite.parameters[(task, row, width)] = number
         return number
 
-    widths = {row: suite.task_width(task, row) for row in comparison.rows}
+    rows = suite.rows(task, comparison.name)
+    if not rows:
+        return
+    widths = {row: suite.task_width(task, row) for row in rows}
     if comparison.match_parameters:
         assert comparison.reference is not None
+        if comparison.reference not in rows:
+            raise ConfigError(f"{source}: tasks.{task}.rows leaves out {comparison.reference}, the reference of "
+                              f"comparison {comparison.name}: add it (the other rows are matched to its parameters)")
         target = count(comparison.reference, widths[comparison.reference])
-        for row in comparison.rows:
+        for row in rows:
             if row != comparison.reference:
                 try:
                     widths[row] = match_width(kind, suite.model_fields(task, row), target, comparison.tolerance)
                 except ConfigError as error:
                     raise ConfigError(f"{source}: task {task}, comparison {comparison.name}: {error}") from None
     else:
-        first = comparison.rows[0]
+        first = rows[0]
         shape = (widths[first], _depth(suite.model_fields(task, first)))
-        for row in comparison.rows[1:]:
+        for row in rows[1:]:
             other = (widths[row], _depth(suite.model_fields(task, row)))
             if other != shape:
                 raise ConfigError(f"{source}: task {task}, comparison {comparison.name} compares equal width and "
