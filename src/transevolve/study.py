@@ -379,20 +379,36 @@ def _plot(study: Study, rows: list[dict[str, Any]], out: Path) -> list[Path]:
     plt = _matplotlib()
     tasks = list(study.tasks)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.8), squeeze=False)
+    measured = sorted({int(w) for r in rows for w in r["widths"]})
     for ax, task in zip(axes[0], tasks, strict=True):
-        for model in study.models:
-            points = [(r["size"], r["required_width"] or 2 * (r["largest_measured"] or 0))
+        sizes = list(study.tasks[task].sizes)
+        for k, model in enumerate(study.models):
+            # Models are dodged sideways so that equal required widths stay visible; "not reached" is drawn one
+            # step above the largest measured width, hollow.
+            dodge = 0.07 * (k - (len(study.models) - 1) / 2)
+            points = [(sizes.index(r["size"]) + dodge, r["required_width"] or 2 * r["largest_measured"],
+                       r["required_width"] is None)
                       for r in rows if r["task"] == task and r["model"] == model and r["largest_measured"]
                       and (r["required_width"] or not r["pending"])]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=model)
+            if not points:
+                continue
+            color = f"C{k}"  # the same colour for a model in every panel
+            ax.plot([x for x, _, _ in points], [y for _, y, _ in points], marker="o", color=color, label=model)
+            hollow = [(x, y) for x, y, missed in points if missed]
+            if hollow:
+                ax.plot(*zip(*hollow, strict=True), ls="none", marker="o", markerfacecolor="white",
+                        markeredgecolor=color)
+        ax.set_xticks(range(len(sizes)), [str(size) for size in sizes])
         ax.set_xlabel(study.tasks[task].size_option)
         ax.set_ylabel("required width")
         ax.set_yscale("log", base=2)
+        if measured:
+            ax.set_yticks([*measured, 2 * measured[-1]], [*map(str, measured), f">{measured[-1]}"])
+            ax.minorticks_off()
         ax.set_title(task)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.suptitle(f"smallest width reaching {study.threshold:.0%} {study.metric} (2x largest width: not reached)",
+    fig.suptitle(f"smallest width reaching {study.threshold:.0%} {study.metric} (hollow: not reached)",
                  fontsize=9)
     fig.tight_layout()
     required = out / "required_width.png"
