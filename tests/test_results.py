@@ -298,6 +298,11 @@ def test_report_from_records_with_missing_cells(tmp_path: Path, fake: _FakeTrain
     assert "### evolved-better: **cannot tell at this scale**" in text             # one seed left
     assert "| random | " in text and "not run" in text
     assert "missing: no trained TransEvolve checkpoint" in text
+    headline = text[text.index("## Headline"):text.index("## Status and cost")]
+    assert "| row | max_digit (accuracy) |" in headline
+    assert "| transformer | 0.605 ± 0.007 |" in headline and "| evolved | 0.700 [1] |" in headline
+    assert "| random | - @w" in headline                                           # equal-parameters: none left
+    assert "| max_digit | accuracy | 6 | budget-limited |" in text and "| 5 / 8 | " in text  # cells per task
     for name in ("metric_vs_parameters.png", "metric_vs_flops.png", "metric_vs_time.png", "learning_curves.png"):
         assert (out / name).is_file() and f"(out/{name})" in text                  # links relative to the report
     summary = json.loads((out / "summary.json").read_text())

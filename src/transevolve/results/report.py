@@ -156,23 +156,19 @@ def _flops(resolved: dict[str, Any], fields: dict[str, Any], length: int) -> flo
 
 def estimate_seconds(suite: Suite, rows: dict[tuple[str, str, str], RowCells], curves: dict[str, dict[str, Any]]
                      ) -> dict[str, Any]:
-    """Measured wall seconds so far and an estimate for the cells not run: a cell with finished seeds costs their
-    mean; otherwise a finished cell of the task scaled by steps and analytic FLOPs per token. Tasks whose budget is
-    TODO are estimated at their cap (``curve_steps``): an upper bound. None when a task has no finished cell."""
-    done = sum(r.get("wall_seconds", 0.0) for entry in _unique(rows) for r in entry.records)
-    done += sum(r.get("wall_seconds", 0.0) for r in curves.values())
-    remaining: float | None = 0.0
-    pending = 0
+    """Measured wall seconds and an estimate for the cells not run, per task and in total. A cell with finished
+    seeds costs their mean; otherwise a finished run of the task (a cell, else its learning curve) scaled by steps
+    and analytic FLOPs per token. Tasks whose budget is TODO are estimated at their cap (``curve_steps``): an upper
+    bound. A task with no finished run cannot be estimated (``remaining_seconds`` None); the total then sums the
+    tasks that can and names the others in ``unknown_tasks``."""
+    tasks: dict[str, dict[str, Any]] = {}
     for task, spec in suite.tasks.items():
-        finished = [r for entry in _unique(rows) if entry.task == task for r in entry.records]
-        finished += [curves[task]] if task in curves else []
+        entries = [e for e in _unique(rows) if e.task == task]
+        finished = [r for e in entries for r in e.records] + ([curves[task]] if task in curves else [])
         steps = spec.steps or spec.curve_steps
-        if spec.steps is None and task not in curves:
-            pending += 1                          # its learning-curve run: nothing to estimate it from
-            remaining = None
-        for entry in _unique(rows):
-            if entry.task != task:
-                continue
+        remaining: float | None = 0.0
+        pending = 0
+        for entry in entries:
             missing = len(suite.seeds) - len(entry.records)
             if missing <= 0:
                 continue
@@ -190,7 +186,18 @@ def estimate_seconds(suite: Suite, rows: dict[tuple[str, str, str], RowCells], c
             mine = _flops(ref["resolved_model"], fields, ref["flops_sequence_length"])
             ratio = mine / ref["flops_per_token"] if mine and ref.get("flops_per_token") else 1.0
             remaining += missing * ref.get("wall_seconds", 0.0) * steps / max(ref["steps"], 1) * ratio
-    return {"done_seconds": done, "pending_cells": pending, "remaining_seconds": remaining}
+        if task not in curves and spec.steps is None:
+            remaining = None                       # the learning-curve run comes first: nothing to scale from
+        tasks[task] = {"cells": len(entries) * len(suite.seeds), "finished": sum(len(e.records) for e in entries),
+                       "pending_cells": pending, "curve_run": task in curves,
+                       "done_seconds": sum(r.get("wall_seconds", 0.0) for r in finished),
+                       "remaining_seconds": remaining}
+    known = [t for t in tasks.values() if t["remaining_seconds"] is not None]
+    return {"done_seconds": sum(t["done_seconds"] for t in tasks.values()),
+            "pending_cells": sum(t["pending_cells"] for t in tasks.values()),
+            "remaining_seconds": sum(t["remaining_seconds"] for t in known) if known else None,
+            "unknown_tasks": [name for name, t in tasks.items() if t["remaining_seconds"] is None],
+            "tasks": tasks}
 
 
 def _unique(rows: dict[tuple[str, str, str], RowCells]) -> list[RowCells]:
@@ -252,6 +259,10 @@ def write_report(suite: Suite, out: str | Path, path: str | Path | None = None) 
              "machine in each record.", ""]
     if suite.description:
         lines += [suite.description, ""]
+    lines += ["## Headline", "", "The test metric of each task (in the column heading): mean ± std over seeds; [n] "
+              f"when fewer than {len(suite.seeds)} seeds are finished, - when none, n/a when the task does not train "
+              "the row; @wN: the width that matches the Transformer's non-embedding parameters.", "",
+              *headline_lines(suite, rows)]
     lines += _cost_lines(suite, rows, curves, cost)
     lines += ["## Verdict rules", "", *_rule_lines(), ""]
     lines += ["## Claims", "", "| claim | source | verdict | checks |", "|---|---|---|---|"]
@@ -295,6 +306,34 @@ def write_report(suite: Suite, out: str | Path, path: str | Path | None = None) 
     return path
 
 
+def headline_lines(suite: Suite, rows: dict[tuple[str, str, str], RowCells]) -> list[str]:
+    """The headline table: one line per row, one column per task, the test metric as mean ± std over the finished
+    seeds (their number in brackets when fewer than the suite's), per comparison."""
+    lines = []
+    tasks = list(suite.tasks)
+    for comparison in suite.comparisons.values():
+        names = list(dict.fromkeys(r for t in tasks for r in suite.rows(t, comparison.name)))
+        header = " | ".join(f"{t} ({suite.tasks[t].metric})" for t in tasks)
+        lines += [f"**{comparison.name}**", "", f"| row | {header} |", "|---" * (len(tasks) + 1) + "|"]
+        for row in names:
+            cells = []
+            for task in tasks:
+                entry = rows.get((task, comparison.name, row))
+                if entry is None:
+                    cells.append("n/a")
+                    continue
+                values = list(entry.values("headline").values())
+                text = _mean_cell(values) if values else "-"
+                if values and len(values) < len(suite.seeds):
+                    text += f" [{len(values)}]"
+                if comparison.match_parameters and entry.cell.width != suite.task_width(task, row):
+                    text += f" @w{entry.cell.width}"
+                cells.append(text)
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def _rule_lines() -> list[str]:
     return [
         f"Paired over seeds: per seed `d = metric(A) - metric(B)` (same seed: same data order and initialisation "
@@ -321,15 +360,20 @@ def _cost_lines(suite: Suite, rows: dict[tuple[str, str, str], RowCells], curves
     total = len(unique) * len(suite.seeds)
     finished = sum(len(e.records) for e in unique)
     stale = sum(e.stale for e in unique)
+    unknown = cost["unknown_tasks"]
+    estimate = _hours(cost["remaining_seconds"])
+    if unknown and cost["remaining_seconds"] is not None:
+        estimate = f"at least {estimate} (not counting {', '.join(unknown)}: no finished run to scale from)"
     lines = ["## Status and cost", "",
              f"{finished} of {total} cells finished ({stale} stale), {len(curves)} of {len(suite.tasks)} "
              f"learning-curve runs. Measured so far: {_hours(cost['done_seconds'])} of wall time. Estimated for the "
-             f"{cost['pending_cells']} cells not run: {_hours(cost['remaining_seconds'])} (from finished cells of the "
-             "same row, else of the task scaled by steps and FLOPs per token; tasks whose budget is TODO at their "
-             "cap). `transevolve results run --max-hours H` runs in pieces: no cell, and no segment of "
-             "`train.eval_every` steps of a cell, starts after H hours; the next invocation continues from the "
-             "checkpoint.", ""]
-    lines += ["| task | metric | steps | budget | learning curve (Transformer, seed 0) |", "|---|---|---|---|---|"]
+             f"{cost['pending_cells']} cells not run: {estimate} (per task below: from finished seeds of the same "
+             "cell, else a finished run of the task scaled by steps and FLOPs per token; tasks whose budget is TODO "
+             "at their cap, an upper bound). `transevolve results run --max-hours H` runs in pieces: no cell, and no "
+             "segment of `train.eval_every` steps of a cell, starts after H hours; the next invocation continues "
+             "from the checkpoint.", ""]
+    lines += ["| task | metric | steps | budget | learning curve (Transformer, seed 0) | cells finished | measured "
+              "| estimated left |", "|---|---|---|---|---|---|---|---|"]
     for task, spec in suite.tasks.items():
         curve = curves.get(task)
         suggestion = suggest_budget(curve["learning_curve"]) if curve else None
@@ -342,7 +386,10 @@ def _cost_lines(suite: Suite, rows: dict[tuple[str, str, str], RowCells], curves
                         f"(best validation {curve['learning_curve']['metric']} "
                         f"{_num(max(v for v in curve['learning_curve']['value'] if v is not None))})")
         steps = "TODO" if spec.steps is None else str(spec.steps)
-        lines.append(f"| {task} | {spec.metric} | {steps} | {spec.budget} | {measured} |")
+        own = cost["tasks"][task]
+        lines.append(f"| {task} | {spec.metric} | {steps} | {spec.budget} | {measured} | "
+                     f"{own['finished']} / {own['cells']} | {_hours(own['done_seconds'])} | "
+                     f"{_hours(own['remaining_seconds'])} |")
     lines += ["", f"Budget rule: the first validation within {PLATEAU} of the curve's best value is where it has "
               f"converged, unless it comes after {LATE_FRACTION:.0%} of the run: then the curve is still improving "
               "at the cap and the budget is the cap (budget-limited). The curve run uses the cosine schedule of its "
