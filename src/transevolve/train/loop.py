@@ -310,8 +310,11 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
                 if saved_step != state.step:
                     save()
                 paused = stop_at_step is not None and state.step >= stop_at_step  # a planned segment end
-                progress.note(f"{'paused' if paused else 'interrupted'} at step {state.step}; saved "
-                              f"{store.path('last')}. Resume with: transevolve train --resume {run_dir}")
+                if paused:  # the caller planned this stop (stop_at_step) and resumes the run itself
+                    progress.note(f"paused at step {state.step}; saved {store.path('last')}")
+                else:
+                    progress.note(f"interrupted at step {state.step}; saved {store.path('last')}. Resume with: "
+                                  f"transevolve train --resume {run_dir}")
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, mid-step; the checkpoint on disk is untouched
         interrupted = True
         last = f"step {store.step('last')}" if store.has("last") else "none yet"
