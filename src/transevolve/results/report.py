@@ -162,8 +162,9 @@ def estimate_seconds(suite: Suite, rows: dict[tuple[str, str, str], RowCells], c
     bound. A task with no finished run cannot be estimated (``remaining_seconds`` None); the total then sums the
     tasks that can and names the others in ``unknown_tasks``."""
     tasks: dict[str, dict[str, Any]] = {}
+    unique = _unique(rows)
     for task, spec in suite.tasks.items():
-        entries = [e for e in _unique(rows) if e.task == task]
+        entries = [e for e in unique if e.task == task]
         finished = [r for e in entries for r in e.records] + ([curves[task]] if task in curves else [])
         steps = spec.steps or spec.curve_steps
         remaining: float | None = 0.0
@@ -356,10 +357,9 @@ def _rule_lines() -> list[str]:
 
 def _cost_lines(suite: Suite, rows: dict[tuple[str, str, str], RowCells], curves: dict[str, dict[str, Any]],
                 cost: dict[str, Any]) -> list[str]:
-    unique = _unique(rows)
-    total = len(unique) * len(suite.seeds)
-    finished = sum(len(e.records) for e in unique)
-    stale = sum(e.stale for e in unique)
+    total = sum(t["cells"] for t in cost["tasks"].values())
+    finished = sum(t["finished"] for t in cost["tasks"].values())
+    stale = sum(e.stale for e in _unique(rows))
     unknown = cost["unknown_tasks"]
     estimate = _hours(cost["remaining_seconds"])
     if unknown and cost["remaining_seconds"] is not None:
