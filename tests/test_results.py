@@ -130,6 +130,12 @@ def test_cells_configs_and_names(tmp_path: Path) -> None:
         (matched.width, matched.width, 1, 6)                                  # max_digit: one head
     assert suite.run_config(suite.curve_cell("max_digit"), 0).train.max_steps == 8
     assert len(load_suite(_write(tmp_path, _data()), only_models=["transformer"]).cells("max_digit")) == 1
+    # --comparison equal-size: the matched-width cells of equal-parameters wait; an unknown name is refused.
+    assert load_suite(_write(tmp_path, _data()), only_comparisons=["equal-size"]).cells("max_digit") == cells[:3]
+    assert [c.name for c in load_suite(_write(tmp_path, _data()), only_comparisons=["equal-parameters"]).cells(
+        "max_digit")] == ["transformer", matched.name]
+    with pytest.raises(ConfigError, match=r"unknown comparison\(s\) \['equal-width'\]"):
+        load_suite(_write(tmp_path, _data()), only_comparisons=["equal-width"])
     # A task may train only some rows: the other rows have no cells there and the claims must not need them.
     data = _edit(_data(), "tasks.max_digit.rows", ["transformer", "evolved"])
     suite = load_suite(_write(tmp_path, data))

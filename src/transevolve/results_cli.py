@@ -44,6 +44,9 @@ def run(
                                         f"--out {QUICK_OUT}.")] = False,
     task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks (repeatable).")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Only these rows (repeatable).")] = None,
+    comparison: Annotated[list[str] | None, typer.Option(
+        "--comparison", "-C", help="Only the cells of these comparisons (repeatable), e.g. equal-size: the "
+        "matched-width cells of equal-parameters wait.")] = None,
     seeds: Annotated[int | None, typer.Option(help="Seeds 0..N-1 instead of the suite's.", min=1)] = None,
     max_hours: Annotated[float | None, typer.Option(help="Start no new cell after this many hours; a running cell "
                                                     "stops at its next evaluation (checkpoint kept). Run the same "
@@ -67,7 +70,7 @@ def run(
         _fail("--quick selects results/quick.yaml; give either --quick or --suite")
     out = out or (QUICK_OUT if quick else DEFAULT_OUT)
     name = QUICK_SUITE if quick else _suite_name(out, suite)
-    loaded = load_suite(name, task, model, seeds)
+    loaded = load_suite(name, task, model, seeds, comparison)
     if dry_run:
         _print_plan(loaded, out)
         return
@@ -79,7 +82,7 @@ def run(
                   f"-> {out}", highlight=False)
     status = run_suite(loaded, out, quiet=quiet, max_hours=max_hours,
                        log=lambda line: console.print(line, highlight=False, markup=False))
-    whole = load_suite(name) if (task or model or seeds) else loaded     # the report covers the whole suite
+    whole = load_suite(name) if (task or model or seeds or comparison) else loaded    # the report: the whole suite
     console.print(f"report: {write_report(whole, out, _report_path(out, report))}", highlight=False)
     if status == NEEDS_BUDGET:
         console.print("some tasks wait for their step budget: read their learning curves in the report, set "

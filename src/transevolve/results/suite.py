@@ -153,6 +153,7 @@ class Suite:
     parameters: dict[tuple[str, str, int], int]
     description: str = ""
     selected_rows: tuple[str, ...] | None = None
+    selected_comparisons: tuple[str, ...] | None = None
 
     def model_fields(self, task: str, row: str, width: int | None = None) -> dict[str, Any]:
         """The model section of a row on a task (the run file's, the task's, the row's, the task's per-row fields),
@@ -177,9 +178,11 @@ class Suite:
         return int(self.model_fields(task, row).get("width", ModelConfig.width))
 
     def cells(self, task: str) -> list[Cell]:
-        """Every cell of a task (each once, comparison order), restricted to the selected rows."""
+        """Every cell of a task (each once, comparison order), restricted to the selected rows and comparisons."""
         cells: list[Cell] = []
         for comparison in self.comparisons.values():
+            if self.selected_comparisons is not None and comparison.name not in self.selected_comparisons:
+                continue
             for row in self.rows(task, comparison.name):
                 if self.selected_rows is not None and row not in self.selected_rows:
                     continue
@@ -354,9 +357,10 @@ def _depth(fields: dict[str, Any]) -> int:
 
 
 def load_suite(name: str = DEFAULT_SUITE, only_tasks: list[str] | None = None, only_models: list[str] | None = None,
-               seeds: int | None = None) -> Suite:
+               seeds: int | None = None, only_comparisons: list[str] | None = None) -> Suite:
     """Read and check a suite file (a path or a packaged preset such as ``results/quick.yaml``): every cell's
-    configuration is built once, so that a bad row or task fails here, before any training."""
+    configuration is built once, so that a bad row or task fails here, before any training. ``only_*`` select
+    the cells to train (tasks, rows, comparisons); the claims and widths still cover the whole file."""
     from transevolve.compare import preset_path
     from transevolve.tasks import get_task
     from transevolve.train.loop import MODEL_KIND
@@ -414,7 +418,8 @@ def load_suite(name: str = DEFAULT_SUITE, only_tasks: list[str] | None = None, o
                 raise ConfigError(f"{source}: claim {claim.id} compares {absent} on {task_name}, but "
                                   f"tasks.{task_name}.rows does not train them (it lists {list(only or [])}); add "
                                   f"them there or take {task_name} out of the claim's tasks")
-    for selection, available, what in ((only_tasks, tasks, "task"), (only_models, models, "model")):
+    for selection, available, what in ((only_tasks, tasks, "task"), (only_models, models, "model"),
+                                       (only_comparisons, comparisons, "comparison")):
         missing = sorted(set(selection or []) - set(available))
         if missing:
             raise ConfigError(f"unknown {what}(s) {missing}; {source} defines {list(available)}")
@@ -423,7 +428,7 @@ def load_suite(name: str = DEFAULT_SUITE, only_tasks: list[str] | None = None, o
     label = str(source) if Path(name).is_file() else name
     suite = Suite(label, tuple(range(seeds)) if seeds else tuple(file_seeds), {k: dict(v) for k, v in models.items()},
                   comparisons, tasks, claims, {}, {}, str(data.get("description") or "").strip(),
-                  tuple(only_models) if only_models else None)
+                  tuple(only_models) if only_models else None, tuple(only_comparisons) if only_comparisons else None)
     for task_name, spec in tasks.items():
         try:
             kind = MODEL_KIND[get_task(spec.task_name, **spec.base["task"]["options"]).kind]
