@@ -256,7 +256,8 @@ def test_paired_statistics() -> None:
     ([0.7, 0.71, 0.72], [0.8, 0.82, 0.81], "higher", 0.0, st.NOT_HELD),       # opposite direction beyond 2 se
     ([0.8, 0.6, 0.75], [0.7, 0.71, 0.72], "higher", 0.0, st.CANNOT_TELL),     # within the seed spread
     ([0.8], [0.7], "higher", 0.0, st.CANNOT_TELL),                            # one seed
-    ([0.7, 0.7], [0.7, 0.7], "higher", 0.0, st.NOT_HELD),                     # identical: not better
+    ([0.7, 0.7, 0.7], [0.7, 0.7, 0.7], "higher", 0.0, st.NOT_HELD),           # identical: not better
+    ([0.7, 0.71], [0.8, 0.82], "higher", 0.0, st.CANNOT_TELL),                # two seeds: no verdict yet
     ([0.7, 0.71, 0.72], [0.8, 0.82, 0.81], "lower", 0.0, st.HELD),
     ([0.70, 0.71, 0.72], [0.705, 0.71, 0.715], "comparable", 0.05, st.HELD),
     ([0.50, 0.51, 0.52], [0.70, 0.71, 0.72], "comparable", 0.05, st.NOT_HELD),
@@ -288,31 +289,31 @@ def test_budget_suggestion_rule() -> None:
 
 # -- the report --------------------------------------------------------------------------------------------------
 def test_report_from_records_with_missing_cells(tmp_path: Path, fake: _FakeTrainer) -> None:
-    suite = load_suite(_write(tmp_path, _data()))
+    suite = load_suite(_write(tmp_path, _data(seeds=[0, 1, 2])))
     out = tmp_path / "out"
     run_suite(suite, out, log=lambda line: None)
     rows, _ = gather(suite, out)
-    verdict, checks = evaluate_claim(suite.claims[0], rows)        # evolved 0.70 vs transformer 0.60, both seeds
-    assert verdict == st.HELD and checks[0].paired is not None and checks[0].paired.n == 2
+    verdict, checks = evaluate_claim(suite.claims[0], rows)        # evolved 0.70 vs transformer 0.60, 3 seeds
+    assert verdict == st.HELD and checks[0].paired is not None and checks[0].paired.n == 3
     assert evaluate_claim(suite.claims[1], rows)[0] == st.NOT_HELD   # fullFF: fewer parameters, but not half
     cell_path(out, suite.cell("max_digit", "equal-size", "evolved"), 1).unlink()
     matched = suite.cell("max_digit", "equal-parameters", "random")
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         cell_path(out, matched, seed).unlink()
     report = write_report(suite, out, tmp_path / "RESULTS.md")
     text = report.read_text()
-    assert "### evolved-better: **cannot tell at this scale**" in text             # one seed left
+    assert "### evolved-better: **cannot tell at this scale**" in text             # two seeds left
     assert "| random | " in text and "not run" in text
     assert "missing: no trained TransEvolve checkpoint" in text
     headline = text[text.index("## Headline"):text.index("## Status and cost")]
     assert "| row | max_digit (accuracy) |" in headline
-    assert "| transformer | 0.605 ± 0.007 |" in headline and "| evolved | 0.700 [1] |" in headline
+    assert "| transformer | 0.610 ± 0.010 |" in headline and "| evolved | 0.710 ± 0.014 [2] |" in headline
     assert "| random | - @w" in headline                                           # equal-parameters: none left
-    assert "| max_digit | accuracy | 6 | budget-limited |" in text and "| 5 / 8 | " in text  # cells per task
+    assert "| max_digit | accuracy | 6 | budget-limited |" in text and "| 8 / 12 | " in text  # cells per task
     for name in ("metric_vs_parameters.png", "metric_vs_flops.png", "metric_vs_time.png", "learning_curves.png"):
         assert (out / name).is_file() and f"(out/{name})" in text                  # links relative to the report
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["cost"]["pending_cells"] == 3 and summary["cost"]["remaining_seconds"] is not None
+    assert summary["cost"]["pending_cells"] == 4 and summary["cost"]["remaining_seconds"] is not None
     assert [c["verdict"] for c in summary["claims"]] == [st.CANNOT_TELL, st.NOT_HELD]
 
 

@@ -345,8 +345,8 @@ def _rule_lines() -> list[str]:
         "- *lower*: **held** if `d + k se < -m`, **not held** if `d - k se >= -m`;",
         "- *comparable* (within `m`): **held** if `-m < d - k se` and `d + k se < m`, **not held** if "
         "`d - k se >= m` or `d + k se <= -m`;",
-        "- otherwise **cannot tell at this scale**, and always with fewer than 2 seeds, except for metrics that do "
-        "not depend on the seed (parameters, analytic FLOPs: `se = 0`, one seed decides).",
+        f"- otherwise **cannot tell at this scale**, and always with fewer than {stats.MIN_SEEDS} seeds, except for "
+        "metrics that do not depend on the seed (parameters, analytic FLOPs: `se = 0`, one seed decides).",
         "",
         "A claim is **held** when every check is held, **not held** when any check is not held, else **cannot tell "
         "at this scale** (a check not run counts as undecided). With 3 seeds, `|t| > 2` is a screening rule, not a "

@@ -13,8 +13,9 @@ relative margin times ``|mean of B|``), from the interval ``[d - k se, d + k se]
 - ``lower`` (A below B by more than m): **held** when ``d + k se < -m``; **not held** when ``d - k se >= -m``;
 - ``comparable`` (within m, m > 0): **held** when ``-m < d - k se`` and ``d + k se < m``; **not held** when
   ``d - k se >= m`` or ``d + k se <= -m``;
-- otherwise **cannot tell at this scale**, and always so with fewer than 2 seeds; metrics that do not depend on the
-  seed (parameters, analytic FLOPs) have ``se = 0`` and one seed suffices.
+- otherwise **cannot tell at this scale**, and always so with fewer than 3 seeds (two seeds give a standard
+  deviation from one degree of freedom: no spread to compare with); metrics that do not depend on the seed
+  (parameters, analytic FLOPs) have ``se = 0`` and one seed suffices.
 
 With m = 0 this reads: held when the mean difference is in the claimed direction and exceeds 2 standard errors,
 not held when it is in the opposite direction (or zero) beyond 2 standard errors. With 3 seeds, ``|t| > 2`` is a
@@ -36,6 +37,7 @@ CANNOT_TELL = "cannot tell at this scale"
 NOT_RUN = "not run"
 #: Standard errors the mean difference must clear.
 STANDARD_ERRORS = 2.0
+MIN_SEEDS = 3                  # seed-dependent verdicts need this many paired seeds
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def verdict(comparison: Paired | None, expect: str, margin: float = 0.0, determi
     """The verdict on one paired comparison (rules in the module docstring)."""
     if comparison is None:
         return NOT_RUN
-    if not deterministic and comparison.n < 2:
+    if not deterministic and comparison.n < MIN_SEEDS:
         return CANNOT_TELL
     spread = 0.0 if deterministic else STANDARD_ERRORS * comparison.stderr
     low, high = comparison.mean - spread, comparison.mean + spread
