@@ -17,10 +17,19 @@ from transevolve.params import count_parameters
 from transevolve.results import load_suite, run_suite, write_report
 from transevolve.results import stats as st
 from transevolve.results.cells import COMPLETE, NEEDS_BUDGET, STOPPED, cell_path, read_record
-from transevolve.results.report import evaluate_claim, gather, suggest_budget
+from transevolve.results.report import (
+    README_MARKERS,
+    estimate_seconds,
+    evaluate_claim,
+    gather,
+    readme_lines,
+    refresh_readme,
+    suggest_budget,
+)
 from transevolve.train.loop import RunResult
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 ACCURACY = {"transformer": 0.60, "evolved": 0.70, "random": 0.50}
 
 
@@ -300,8 +309,15 @@ def test_report_from_records_with_missing_cells(tmp_path: Path, fake: _FakeTrain
     matched = suite.cell("max_digit", "equal-parameters", "random")
     for seed in (0, 1, 2):
         cell_path(out, matched, seed).unlink()
+    (tmp_path / "README.md").write_text(f"intro\n{README_MARKERS[0]} -->\nold\n{README_MARKERS[1]} -->\nend\n")
     report = write_report(suite, out, tmp_path / "RESULTS.md")
     text = report.read_text()
+    readme = (tmp_path / "README.md").read_text()
+    assert readme.startswith("intro\n") and readme.endswith("-->\nend\n") and "\nold\n" not in readme
+    assert "8 of 12 cells finished" in readme and "[`RESULTS.md`](RESULTS.md)" in readme
+    assert "| transformer | 0.610 ± 0.010 |" in readme
+    assert "| evolved-better | **cannot tell at this scale** |" in readme
+    assert "(out/metric_vs_parameters.png)" in readme
     assert "### evolved-better: **cannot tell at this scale**" in text             # two seeds left
     assert "| random | " in text and "not run" in text
     assert "missing: no trained TransEvolve checkpoint" in text
@@ -315,6 +331,30 @@ def test_report_from_records_with_missing_cells(tmp_path: Path, fake: _FakeTrain
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cost"]["pending_cells"] == 4 and summary["cost"]["remaining_seconds"] is not None
     assert [c["verdict"] for c in summary["claims"]] == [st.CANNOT_TELL, st.NOT_HELD]
+
+
+def test_readme_block_is_replaced_only_between_both_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{README_MARKERS[0]}: note -->\nold\n{README_MARKERS[1]} -->\nb\n")
+    assert refresh_readme(readme, ["new", "", "lines"])
+    assert readme.read_text() == f"a\n{README_MARKERS[0]}: note -->\nnew\n\nlines\n{README_MARKERS[1]} -->\nb\n"
+    for text in ("no block\n", f"{README_MARKERS[0]} -->\nonly the start\n",
+                 f"{README_MARKERS[1]} -->\nreversed\n{README_MARKERS[0]} -->\n"):
+        readme.write_text(text)
+        assert not refresh_readme(readme, ["x"]) and readme.read_text() == text
+
+
+def test_readme_results_block_matches_the_committed_records() -> None:
+    """The README's headline is generated: after new records, `transevolve results report` rewrites it."""
+    suite = load_suite("results/suite.yaml")
+    rows, curves = gather(suite, ROOT / "results")
+    claims = [(claim, *evaluate_claim(claim, rows)) for claim in suite.claims]
+    block = readme_lines(suite, rows, claims, estimate_seconds(suite, rows, curves), Path("RESULTS.md"),
+                         Path("results"))
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(README_MARKERS[0]))
+    end = next(i for i, line in enumerate(lines) if line.startswith(README_MARKERS[1]))
+    assert lines[start + 1:end] == block, "README.md's results block is out of date: run `transevolve results report`"
 
 
 def test_report_of_an_empty_directory_says_not_run(tmp_path: Path) -> None:

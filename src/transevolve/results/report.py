@@ -6,7 +6,9 @@ machine-readable) and the figures in ``OUT``: test metric against parameters, tr
 learning curves, and TransEvolve's attention over depth (drawn by ``transevolve inspect``'s code from a trained
 TransEvolve checkpoint in ``OUT/runs`` when one is there; otherwise the figure already in ``OUT`` is kept, or the
 report says it is missing). Cells without a record show as ``not run``; records made with another configuration
-than the suite's current one show as ``stale`` and are left out of the numbers.
+than the suite's current one show as ``stale`` and are left out of the numbers. When the directory of the report
+holds a ``README.md`` with the ``README_MARKERS`` block, that block is rewritten too (progress, headline tables,
+verdicts, one figure), so the front page never drifts from the records.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ PLATEAU = 0.01
 #: ... counts as converged unless it lies in the last quarter of the run (then: still improving at the cap).
 LATE_FRACTION = 0.75
 ATTENTION_FIGURE = "attention_over_depth.png"
+#: The README block that ``write_report`` rewrites (when the README beside the report has both markers): first
+#: line starts with the first marker, last line with the second.
+README_MARKERS = ("<!-- results-headline", "<!-- /results-headline")
 
 
 @dataclass
@@ -267,11 +272,8 @@ def write_report(suite: Suite, out: str | Path, path: str | Path | None = None) 
     lines += _cost_lines(suite, rows, curves, cost)
     lines += ["## Verdict rules", "", *_rule_lines(), ""]
     lines += ["## Claims", "", "| claim | source | verdict | checks |", "|---|---|---|---|"]
-    for claim, verdict, checks in claims:
-        counts = {v: sum(c.verdict == v for c in checks) for v in (stats.HELD, stats.NOT_HELD, stats.CANNOT_TELL,
-                                                                   stats.NOT_RUN)}
-        lines.append(f"| {claim.id} | {claim.source} | **{verdict}** | " + ", ".join(
-            f"{n} {v}" for v, n in counts.items() if n) + " |")
+    lines += [f"| {claim.id} | {claim.source} | **{verdict}** | {_check_counts(checks)} |"
+              for claim, verdict, checks in claims]
     lines.append("")
     for claim, verdict, checks in claims:
         lines += _claim_lines(claim, verdict, checks)
@@ -279,6 +281,8 @@ def write_report(suite: Suite, out: str | Path, path: str | Path | None = None) 
     for task in suite.tasks:
         lines += _task_lines(suite, task, rows, curves.get(task))
     lines += ["## Figures", ""]
+    lines += ["Colour: the row; marker: the comparison (a cell two comparisons share is drawn once); error bars: std "
+              "over seeds.", ""]
     for name, caption in (("metric_vs_parameters.png", "Test metric against parameters (mean ± std over seeds)"),
                           ("metric_vs_flops.png", "Test metric against training FLOPs (analytic)"),
                           ("metric_vs_time.png", "Test metric against wall time of a cell on this machine"),
@@ -304,7 +308,50 @@ def write_report(suite: Suite, out: str | Path, path: str | Path | None = None) 
                   "test": e.values("headline")} for e in rows.values()],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    readme = path.parent / "README.md"
+    if readme.is_file():
+        refresh_readme(readme, readme_lines(suite, rows, claims, cost, Path(os.path.relpath(path, readme.parent)),
+                                            Path(os.path.relpath(out, readme.parent))))
     return path
+
+
+def _check_counts(checks: list[Check]) -> str:
+    counts = {v: sum(c.verdict == v for c in checks) for v in (stats.HELD, stats.NOT_HELD, stats.CANNOT_TELL,
+                                                               stats.NOT_RUN)}
+    return ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+
+
+def readme_lines(suite: Suite, rows: dict[tuple[str, str, str], RowCells],
+                 claims: list[tuple[Claim, str, list[Check]]], cost: dict[str, Any], report: Path,
+                 out: Path) -> list[str]:
+    """The README's results block: progress, the headline tables, the verdict per claim and the figure of metric
+    against parameters (``report``, ``out``: the report and the output directory, relative to the README)."""
+    total = sum(t["cells"] for t in cost["tasks"].values())
+    finished = sum(t["finished"] for t in cost["tasks"].values())
+    lines = [f"{finished} of {total} cells finished ({_hours(cost['done_seconds'])} measured, "
+             f"{_hours(cost['remaining_seconds'])} estimated for the rest); the per-task tables, paired comparisons, "
+             f"the reading of each claim and every figure are in [`{report.as_posix()}`]({report.as_posix()}). "
+             f"Test metric, mean ± std over seeds; [n]: seeds finished when fewer than {len(suite.seeds)}; -: not "
+             "run yet; n/a: not trained on that task; @wN: the width that matches the Transformer's non-embedding "
+             "parameters.", "", *headline_lines(suite, rows)]
+    lines += ["| claim | verdict | checks |", "|---|---|---|"]
+    lines += [f"| {claim.id} | **{verdict}** | {_check_counts(checks)} |" for claim, verdict, checks in claims]
+    figure = out / "metric_vs_parameters.png"
+    return [*lines, "", f"![test metric against parameters]({figure.as_posix()})"]
+
+
+def refresh_readme(readme: Path, block: list[str]) -> bool:
+    """Replace the lines between ``README_MARKERS`` in ``readme`` with ``block``; False (file untouched) when the
+    markers are not both there, in order."""
+    lines = readme.read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(README_MARKERS[0])]
+    ends = [i for i, line in enumerate(lines) if line.startswith(README_MARKERS[1])]
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        return False
+    updated = [*lines[:starts[0] + 1], *block, *lines[ends[0]:]]
+    if updated != lines:
+        readme.write_text("\n".join(updated) + "\n")
+    return True
 
 
 def headline_lines(suite: Suite, rows: dict[tuple[str, str, str], RowCells]) -> list[str]:
@@ -467,45 +514,85 @@ def _task_lines(suite: Suite, task: str, rows: dict[tuple[str, str, str], RowCel
 
 
 # -- figures -----------------------------------------------------------------------------------------------------
+def _row_colours(suite: Suite) -> dict[str, Any]:
+    """One colour per row, the same in every panel and figure (tab10, or tab20 beyond ten rows)."""
+    names = list(dict.fromkeys(r for t in suite.tasks for c in suite.comparisons for r in suite.rows(t, c)))
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if len(names) <= 10 else "tab20"].colors
+    return {row: palette[i % len(palette)] for i, row in enumerate(names)}
+
+
+def _finish_figure(fig: Any, axes: list[Any], handles: dict[str, Any], path: Path) -> None:
+    """Mark empty panels, put one legend for all panels right of them, save at 110 dpi and close."""
+    for ax in axes:
+        if not ax.has_data():
+            ax.text(0.5, 0.5, "no finished cell yet", ha="center", va="center", transform=ax.transAxes,
+                    color="grey")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.clf()
+
+
 def _figures(suite: Suite, out: Path, rows: dict[tuple[str, str, str], RowCells],
              curves: dict[str, dict[str, Any]]) -> list[str]:
-    """Draw the figures that have data; returns their file names."""
+    """Draw the figures that have data; returns their file names. Colour: the row; marker: the comparison (a cell
+    that two comparisons share is drawn once, with the first comparison's marker)."""
     if not any(e.records for e in rows.values()) and not curves:
         return []
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter
+
     from transevolve.train.plots import _matplotlib
 
     plt = _matplotlib()
+    colours = _row_colours(suite)
     names = []
     tasks = list(suite.tasks)
-    for name, key, label, log in (("metric_vs_parameters.png", "parameters", "parameters", True),
-                                  ("metric_vs_flops.png", "training_flops", "training FLOPs", True),
-                                  ("metric_vs_time.png", "wall_seconds", "wall seconds per cell", True)):
-        fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
+    markers = dict(zip(suite.comparisons, "osD^v", strict=False))
+    for name, key, label in (("metric_vs_parameters.png", "parameters", "parameters (total)"),
+                             ("metric_vs_flops.png", "training_flops", "training FLOPs"),
+                             ("metric_vs_time.png", "wall_seconds", "wall seconds per cell")):
+        fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+        handles: dict[str, Any] = {}
+        used: set[str] = set()
         for ax, task in zip(axes[0], tasks, strict=True):
-            for marker, comparison in zip("os^vD", suite.comparisons.values(), strict=False):
-                for index, row in enumerate(suite.rows(task, comparison.name)):
+            drawn: set[str] = set()
+            for comparison in suite.comparisons.values():
+                for row in suite.rows(task, comparison.name):
                     entry = rows[(task, comparison.name, row)]
                     xs = [metric_value(r, key) for r in entry.records]
                     ys = list(entry.values("headline").values())
-                    if not ys or None in xs:
+                    if not ys or None in xs or entry.cell.name in drawn:
                         continue
+                    drawn.add(entry.cell.name)
+                    used.add(comparison.name)
                     x, (y, err) = statistics.fmean(xs), _mean_std(ys)  # type: ignore[misc]
-                    ax.errorbar(x, y, yerr=err, fmt=marker, color=f"C{index % 10}", capsize=3, markersize=6,
-                                label=f"{row} ({comparison.name})")
+                    ax.errorbar(x, y, yerr=err, fmt=markers[comparison.name], color=colours[row], capsize=3,
+                                markersize=6)
+                    handles.setdefault(row, Line2D([], [], color=colours[row], marker="o", linestyle=""))
             ax.set(xlabel=label, ylabel=f"test {suite.tasks[task].metric}", title=task)
-            if log:
+            if ax.has_data():
                 ax.set_xscale("log")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=5)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+                ax.xaxis.set_minor_formatter(NullFormatter())
+        for comparison in suite.comparisons:
+            if comparison in used:
+                handles[comparison] = Line2D([], [], color="black", marker=markers[comparison], linestyle="",
+                                             markerfacecolor="none")
+        _finish_figure(fig, list(axes[0]), handles, out / name)
         plt.close(fig)
         names.append(name)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    handles = {}
     first = next(iter(suite.comparisons.values()))
     for ax, task in zip(axes[0], tasks, strict=True):
         metric = None
-        for index, row in enumerate(suite.rows(task, first.name)):
+        for row in suite.rows(task, first.name):
             entry = rows[(task, first.name, row)]
             curves_of_row = [r["learning_curve"] for r in entry.records if r["learning_curve"]["step"]]
             if not curves_of_row:
@@ -517,16 +604,13 @@ def _figures(suite: Suite, out: Path, rows: dict[tuple[str, str, str], RowCells]
                 at_step = [v for c in curves_of_row for s, v in zip(c["step"], c["value"], strict=True)
                            if s == step and v is not None]
                 values.append(statistics.fmean(at_step) if at_step else math.nan)
-            ax.plot(steps, values, "o-", markersize=2, color=f"C{index % 10}", label=row)
+            handles[row] = ax.plot(steps, values, "o-", markersize=2, linewidth=1, color=colours[row])[0]
         if task in curves:
             curve = curves[task]["learning_curve"]
             metric = metric or curve["metric"]
-            ax.plot(curve["step"], curve["value"], "--", color="grey", label=f"{suite.curve_row} (curve run)")
+            handles["learning-curve run"] = ax.plot(curve["step"], curve["value"], "--", color="grey")[0]
         ax.set(xlabel="step", ylabel=f"validation {metric or ''}", title=task)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=5)
-    fig.tight_layout()
-    fig.savefig(out / "learning_curves.png", dpi=110)
+    _finish_figure(fig, list(axes[0]), handles, out / "learning_curves.png")
     plt.close(fig)
     names.append("learning_curves.png")
     _attention_figure(suite, out)
