@@ -309,7 +309,11 @@ def test_report_from_records_with_missing_cells(tmp_path: Path, fake: _FakeTrain
     matched = suite.cell("max_digit", "equal-parameters", "random")
     for seed in (0, 1, 2):
         cell_path(out, matched, seed).unlink()
-    (tmp_path / "README.md").write_text(f"intro\n{README_MARKERS[0]} -->\nold\n{README_MARKERS[1]} -->\nend\n")
+    unrelated = f"intro\n{README_MARKERS[0]}: from results/cells -->\nold\n{README_MARKERS[1]} -->\nend\n"
+    (tmp_path / "README.md").write_text(unrelated)
+    write_report(suite, out, tmp_path / "RESULTS.md")
+    assert (tmp_path / "README.md").read_text() == unrelated                        # a block of other records
+    (tmp_path / "README.md").write_text(unrelated.replace("results/cells", "out/cells"))
     report = write_report(suite, out, tmp_path / "RESULTS.md")
     text = report.read_text()
     readme = (tmp_path / "README.md").read_text()
@@ -342,6 +346,8 @@ def test_readme_block_is_replaced_only_between_both_markers(tmp_path: Path) -> N
                  f"{README_MARKERS[1]} -->\nreversed\n{README_MARKERS[0]} -->\n"):
         readme.write_text(text)
         assert not refresh_readme(readme, ["x"]) and readme.read_text() == text
+    readme.write_text(f"{README_MARKERS[0]}: from results/cells -->\n{README_MARKERS[1]} -->\n")
+    assert not refresh_readme(readme, ["x"], source="other/cells") and refresh_readme(readme, ["x"], "results/cells")
 
 
 def test_readme_results_block_matches_the_committed_records() -> None:

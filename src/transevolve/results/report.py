@@ -310,8 +310,9 @@ def write_report(suite: Suite, out: str | Path, path: str | Path | None = None) 
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     readme = path.parent / "README.md"
     if readme.is_file():
+        records = Path(os.path.relpath(out, readme.parent))
         refresh_readme(readme, readme_lines(suite, rows, claims, cost, Path(os.path.relpath(path, readme.parent)),
-                                            Path(os.path.relpath(out, readme.parent))))
+                                            records), source=f"{records.as_posix()}/cells")
     return path
 
 
@@ -340,13 +341,16 @@ def readme_lines(suite: Suite, rows: dict[tuple[str, str, str], RowCells],
     return [*lines, "", f"![test metric against parameters]({figure.as_posix()})"]
 
 
-def refresh_readme(readme: Path, block: list[str]) -> bool:
+def refresh_readme(readme: Path, block: list[str], source: str | None = None) -> bool:
     """Replace the lines between ``README_MARKERS`` in ``readme`` with ``block``; False (file untouched) when the
-    markers are not both there, in order."""
+    markers are not both there, in order, or the first marker line does not name ``source`` (the records the block
+    is made from, e.g. ``results/cells``: a report of other records leaves the README alone)."""
     lines = readme.read_text().splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith(README_MARKERS[0])]
     ends = [i for i, line in enumerate(lines) if line.startswith(README_MARKERS[1])]
     if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        return False
+    if source is not None and source not in lines[starts[0]]:
         return False
     updated = [*lines[:starts[0] + 1], *block, *lines[ends[0]:]]
     if updated != lines:
