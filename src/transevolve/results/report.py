@@ -316,6 +316,11 @@ def write_report(suite: Suite, out: str | Path, path: str | Path | None = None) 
     return path
 
 
+def _progress(cost: dict[str, Any]) -> tuple[int, int]:
+    """(cells finished, cells in all) over every task of ``estimate_seconds``'s result."""
+    return (sum(t["finished"] for t in cost["tasks"].values()), sum(t["cells"] for t in cost["tasks"].values()))
+
+
 def _check_counts(checks: list[Check]) -> str:
     counts = {v: sum(c.verdict == v for c in checks) for v in (stats.HELD, stats.NOT_HELD, stats.CANNOT_TELL,
                                                                stats.NOT_RUN)}
@@ -327,8 +332,7 @@ def readme_lines(suite: Suite, rows: dict[tuple[str, str, str], RowCells],
                  out: Path) -> list[str]:
     """The README's results block: progress, the headline tables, the verdict per claim and the figure of metric
     against parameters (``report``, ``out``: the report and the output directory, relative to the README)."""
-    total = sum(t["cells"] for t in cost["tasks"].values())
-    finished = sum(t["finished"] for t in cost["tasks"].values())
+    finished, total = _progress(cost)
     lines = [f"{finished} of {total} cells finished ({_hours(cost['done_seconds'])} measured, "
              f"{_hours(cost['remaining_seconds'])} estimated for the rest); the per-task tables, paired comparisons, "
              f"the reading of each claim and every figure are in [`{report.as_posix()}`]({report.as_posix()}). "
@@ -408,8 +412,7 @@ def _rule_lines() -> list[str]:
 
 def _cost_lines(suite: Suite, rows: dict[tuple[str, str, str], RowCells], curves: dict[str, dict[str, Any]],
                 cost: dict[str, Any]) -> list[str]:
-    total = sum(t["cells"] for t in cost["tasks"].values())
-    finished = sum(t["finished"] for t in cost["tasks"].values())
+    finished, total = _progress(cost)
     stale = sum(e.stale for e in _unique(rows))
     unknown = cost["unknown_tasks"]
     estimate = _hours(cost["remaining_seconds"])
@@ -540,7 +543,9 @@ def _finish_figure(fig: Any, axes: list[Any], handles: dict[str, Any], path: Pat
                    fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    fig.clf()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def _figures(suite: Suite, out: Path, rows: dict[tuple[str, str, str], RowCells],
@@ -589,7 +594,6 @@ def _figures(suite: Suite, out: Path, rows: dict[tuple[str, str, str], RowCells]
                 handles[comparison] = Line2D([], [], color="black", marker=markers[comparison], linestyle="",
                                              markerfacecolor="none")
         _finish_figure(fig, list(axes[0]), handles, out / name)
-        plt.close(fig)
         names.append(name)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     handles = {}
@@ -615,7 +619,6 @@ def _figures(suite: Suite, out: Path, rows: dict[tuple[str, str, str], RowCells]
             handles["learning-curve run"] = ax.plot(curve["step"], curve["value"], "--", color="grey")[0]
         ax.set(xlabel="step", ylabel=f"validation {metric or ''}", title=task)
     _finish_figure(fig, list(axes[0]), handles, out / "learning_curves.png")
-    plt.close(fig)
     names.append("learning_curves.png")
     _attention_figure(suite, out)
     return names
