@@ -21,6 +21,7 @@ from transevolve import ModelConfig, build_model, count_parameters
 from transevolve.interop import from_official_npz, read_official_fixture
 from transevolve.modules.evolved_attention import (
     AUTO_KERNEL_BYTES,
+    AUTO_REFERENCE_MAX_ENTRIES,
     FastScores,
     factorised_attention,
     factorised_kernel,
@@ -116,8 +117,11 @@ def test_fast_with_dropout_trains_and_matches_in_eval(impl: str) -> None:
         torch.testing.assert_close(fast.eval()(*inputs), reference.eval()(*inputs), rtol=0, atol=ATOL)
 
 
-def test_auto_picks_by_kernel_size_and_reference_for_weights() -> None:
-    assert resolve_impl("auto", 2, 4, 128, 128) == "factorised"
+def test_auto_picks_reference_for_small_logits_then_by_kernel_size() -> None:
+    assert resolve_impl("auto", 2, 4, 128, 128) == "reference"
+    assert resolve_impl("auto", 1, 1, 1, AUTO_REFERENCE_MAX_ENTRIES) == "reference"
+    assert resolve_impl("auto", 1, 1, 1, AUTO_REFERENCE_MAX_ENTRIES + 1) == "factorised"
+    assert resolve_impl("auto", 16, 4, 512, 512) == "factorised"
     side = math.isqrt(AUTO_KERNEL_BYTES // (4 * 4)) + 1
     assert resolve_impl("auto", 1, 4, side, side) == "low_memory"
     assert resolve_impl("factorised", 1, 4, 8, 8, need_weights=True) == "reference"
@@ -405,9 +409,9 @@ def test_workspace_made_in_inference_mode_is_not_reused_outside_it() -> None:
 
 
 def test_bf16_autocast_keeps_the_fast_paths_float16_does_not() -> None:
-    assert resolve_impl("auto", 1, 1, 8, 8) == "factorised"
+    assert resolve_impl("auto", 1, 1, 8, 2**20) == "factorised"
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert resolve_impl("auto", 1, 1, 8, 8) == "factorised"
+        assert resolve_impl("auto", 1, 1, 8, 2**20) == "factorised"
         assert resolve_impl("low_memory", 1, 1, 8, 8) == "low_memory"
     with torch.autocast("cpu", dtype=torch.float16):
-        assert resolve_impl("auto", 1, 1, 8, 8) == "reference"
+        assert resolve_impl("auto", 1, 1, 8, 2**20) == "reference"

@@ -163,14 +163,17 @@ def test_two_process_data_parallel_matches_one_process(tmp_path: Path, fidelity:
                                                        accumulation: int) -> None:
     """torchrun with 2 CPU processes (gloo) == 1 process with the same global batch (dropout 0).
 
-    Official fidelity with the default (fast) attention path leaves W_K's time columns out of the graph: DDP
-    must be told to look for unused parameters, and those weights then stay untouched in both runs. A global
+    Official fidelity on the factorised attention path leaves W_K's time columns out of the graph: DDP must be
+    told to look for unused parameters, and those weights then stay untouched in both runs. (On the reference
+    path they are in the graph, but their gradient is only rounding noise, which Adam scales up to full steps
+    that differ between the two runs, so parameters would not compare equal.) A global
     batch of 6 in 2 x 2 micro-batches leaves rank 1's last micro-batch empty: it must still join the all-reduce.
     ``masked_mean`` pooling: the official ``mean`` counts pads, so there the batch composition (padding) changes
     the function itself.
     """
     config = tmp_path / "run.yaml"
-    model = dict(MODEL, dropout=0.0, ff_type="full", fidelity=fidelity, pooling="masked_mean")
+    model = dict(MODEL, dropout=0.0, ff_type="full", fidelity=fidelity, pooling="masked_mean",
+                 attention_impl="factorised")
     config.write_text(RunConfig(task=TASK, model=model,
                                 train=TrainConfig(max_steps=6, batch_size=batch_size, grad_accumulation=accumulation,
                                                   eval_every=3, log_every=2, warmup_steps=2)).to_yaml())

@@ -131,7 +131,8 @@ class ModelConfig:
             terms) - 1e9 M`` and a softmax per layer. ``factorised`` computes ``E = exp(A0 - row max)`` once per
             block and per layer only ``E (w * V) / (E w)`` with ``w = exp(key bias - max)``: one batched matmul,
             no n x n exponentials. ``low_memory`` folds the key bias into augmented queries/keys of a fused
-            ``scaled_dot_product_attention`` and never stores an n x n tensor. ``auto`` (default) picks ``factorised``
+            ``scaled_dot_product_attention`` and never stores an n x n tensor. ``auto`` (default) picks ``reference``
+            while a layer's logits (b, h, q, k) have at most 4M entries (faster there on CPU), then ``factorised``
             unless its n x n tensor would be large, then ``low_memory``. The fast paths skip the inert terms,
             agree with ``reference`` to float rounding (and rescue rows whose factorised denominator would
             underflow), and fall back to ``reference`` when intermediates are requested or under float16

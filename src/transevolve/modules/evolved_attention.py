@@ -27,7 +27,8 @@ drops those terms and parameters; ``"official"`` keeps them.
 Execution paths (``ModelConfig.attention_impl``; all compute the same function up to float rounding):
 
 - ``reference``: the formulas above, one ``(b, h, q, k)`` logits tensor and softmax per layer (kept as the
-  readable baseline, and used whenever attention weights or block scores are requested).
+  readable baseline, used whenever attention weights or block scores are requested, and by ``auto`` while the
+  logits are small, ``AUTO_REFERENCE_MAX_ENTRIES``, where it is the fastest path on CPU).
 - ``factorised``: ``softmax_k(A0 + beta) V = E (w * V) / (E w)`` with ``E = softmax_k(A0)`` (masked entries 0)
   computed once per block and ``w = exp(beta - max beta)`` per layer, so a layer costs one batched matmul of
   ``E`` with ``[w * V, w]`` and no n x n exponentials. ``E``'s gradient is gathered from all layers and formed
@@ -109,8 +110,14 @@ class BlockScores:
 
 Impl = Literal["reference", "factorised", "low_memory"]
 
-#: ``attention_impl="auto"`` uses ``factorised`` while one block's kernel ``E`` (b, h, q, k) stays within this many
-#: bytes, ``low_memory`` beyond.
+#: ``attention_impl="auto"`` uses ``reference`` while one layer's logits ``(b, h, q, k)`` have at most this many
+#: entries: below it the fast paths' fixed per-layer costs outweigh the n x n exponentials they save. Measured on
+#: the 2-core CPU (training steps, 4 layers per block, fp32; ``benchmarks/attention-paths``): the crossover lies
+#: between 4.2M entries (batch 8 x 2 heads x 512^2, both paths even) and 4.7M (16 x 2 x 384^2, factorised faster).
+AUTO_REFERENCE_MAX_ENTRIES = 2**22
+
+#: Above ``AUTO_REFERENCE_MAX_ENTRIES``, ``attention_impl="auto"`` uses ``factorised`` while one block's kernel
+#: ``E`` (b, h, q, k) stays within this many bytes, ``low_memory`` beyond.
 AUTO_KERNEL_BYTES = 512 * 2**20
 
 
@@ -118,8 +125,12 @@ def resolve_impl(impl: str, batch: int, heads: int, n_q: int, n_k: int, element_
                  need_weights: bool = False) -> Impl:
     """The concrete path for a configured ``attention_impl``: ``reference`` whenever weights or block scores
     are needed or float16 autocast is on (see the module docstring; bf16 autocast runs the fast paths), ``auto``
-    by the size of the factorised kernel (``element_size``: bytes of its dtype, 2 under bf16 autocast)."""
+    by the size of the n x n logits (``reference`` up to :data:`AUTO_REFERENCE_MAX_ENTRIES`, then
+    ``factorised`` while its kernel takes at most :data:`AUTO_KERNEL_BYTES`, then ``low_memory``;
+    ``element_size``: bytes of the kernel's dtype, 2 under bf16 autocast)."""
     if need_weights or impl == "reference" or _float16_autocast():
+        return "reference"
+    if impl == "auto" and batch * heads * n_q * n_k <= AUTO_REFERENCE_MAX_ENTRIES:
         return "reference"
     if impl == "auto":
         return "factorised" if batch * heads * n_q * n_k * element_size <= AUTO_KERNEL_BYTES else "low_memory"
