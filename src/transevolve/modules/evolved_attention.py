@@ -112,8 +112,9 @@ Impl = Literal["reference", "factorised", "low_memory"]
 
 #: ``attention_impl="auto"`` uses ``reference`` while one layer's logits ``(b, h, q, k)`` have at most this many
 #: entries: below it the fast paths' fixed per-layer costs outweigh the n x n exponentials they save. Measured on
-#: the 2-core CPU (training steps, 4 layers per block, fp32; ``benchmarks/attention-paths``): the crossover lies
-#: between 4.2M entries (batch 8 x 2 heads x 512^2, both paths even) and 4.7M (16 x 2 x 384^2, factorised faster).
+#: the 2-core CPU (training steps, 4 layers per block, fp32; ``benchmarks/attention-paths/results.md``): reference
+#: 1.11-1.34x faster up to 3M entries, the two about even at 2.8-4.2M (run-to-run noise is as large there),
+#: factorised 2.2x faster at 9M (batch 8 x 2 heads x 768^2).
 AUTO_REFERENCE_MAX_ENTRIES = 2**22
 
 #: Above ``AUTO_REFERENCE_MAX_ENTRIES``, ``attention_impl="auto"`` uses ``factorised`` while one block's kernel
@@ -130,10 +131,11 @@ def resolve_impl(impl: str, batch: int, heads: int, n_q: int, n_k: int, element_
     ``element_size``: bytes of the kernel's dtype, 2 under bf16 autocast)."""
     if need_weights or impl == "reference" or _float16_autocast():
         return "reference"
-    if impl == "auto" and batch * heads * n_q * n_k <= AUTO_REFERENCE_MAX_ENTRIES:
-        return "reference"
     if impl == "auto":
-        return "factorised" if batch * heads * n_q * n_k * element_size <= AUTO_KERNEL_BYTES else "low_memory"
+        entries = batch * heads * n_q * n_k
+        if entries <= AUTO_REFERENCE_MAX_ENTRIES:
+            return "reference"
+        return "factorised" if entries * element_size <= AUTO_KERNEL_BYTES else "low_memory"
     if impl not in ("factorised", "low_memory"):
         raise ValueError(f"unknown attention_impl {impl!r}")
     return impl  # type: ignore[return-value]
