@@ -34,6 +34,17 @@ from transevolve.tasks.base import BOS_ID, EOS_ID, Example, ExampleDataset, Task
 Pair = tuple[str, str, str]  # (document, source, target)
 
 
+def check_options(vocab_size: int, max_length: int, max_train_pairs: int | None, max_eval_pairs: int | None) -> None:
+    """Raise ``ValueError`` naming the option when a translation task's size options are out of range."""
+    if vocab_size < 300:
+        raise ValueError(f"vocab_size must be >= 300, got {vocab_size}")
+    if max_length < 3:
+        raise ValueError(f"max_length must be >= 3, got {max_length}")
+    for option, value in (("max_train_pairs", max_train_pairs), ("max_eval_pairs", max_eval_pairs)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be >= 1 or None, got {value}")
+
+
 def split_corpus(corpus: Sequence[Pair], fractions: dict[str, float], seed: int, salt: str
                  ) -> tuple[dict[str, list[tuple[str, str]]], dict[str, Any]]:
     """Steps 1-2 of the module recipe: ``{split: [(source, target), ...]}`` and facts for ``info``."""

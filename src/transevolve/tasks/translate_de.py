@@ -73,13 +73,7 @@ class TranslateDe(Task):
     def __init__(self, vocab_size: int = 8000, max_length: int = 128, max_train_pairs: int | None = None,
                  max_eval_pairs: int | None = None, validation_fraction: float = 0.05,
                  test_fraction: float = 0.05) -> None:
-        if vocab_size < 300:
-            raise ValueError(f"vocab_size must be >= 300, got {vocab_size}")
-        if max_length < 3:
-            raise ValueError(f"max_length must be >= 3, got {max_length}")
-        for option, value in (("max_train_pairs", max_train_pairs), ("max_eval_pairs", max_eval_pairs)):
-            if value is not None and value < 1:
-                raise ValueError(f"{option} must be >= 1 or None, got {value}")
+        tr.check_options(vocab_size, max_length, max_train_pairs, max_eval_pairs)
         self.vocab_size, self.max_length = vocab_size, max_length
         self.max_train_pairs, self.max_eval_pairs = max_train_pairs, max_eval_pairs
         self.validation_fraction, self.test_fraction = ds.check_split_fractions(validation_fraction, test_fraction)

@@ -63,13 +63,7 @@ class TranslateEs(Task):
                  validation_fraction: float = 0.05, test_fraction: float = 0.05) -> None:
         if direction not in ("en-es", "es-en"):
             raise ValueError(f"direction must be 'en-es' or 'es-en', got {direction!r}")
-        if vocab_size < 300:
-            raise ValueError(f"vocab_size must be >= 300, got {vocab_size}")
-        if max_length < 3:
-            raise ValueError(f"max_length must be >= 3, got {max_length}")
-        for option, value in (("max_train_pairs", max_train_pairs), ("max_eval_pairs", max_eval_pairs)):
-            if value is not None and value < 1:
-                raise ValueError(f"{option} must be >= 1 or None, got {value}")
+        tr.check_options(vocab_size, max_length, max_train_pairs, max_eval_pairs)
         self.direction, self.vocab_size, self.max_length = direction, vocab_size, max_length
         self.max_train_pairs, self.max_eval_pairs = max_train_pairs, max_eval_pairs
         self.validation_fraction, self.test_fraction = ds.check_split_fractions(validation_fraction, test_fraction)
