@@ -59,6 +59,12 @@ def test_comparisons(probe: ModuleType, tmp_path: Path) -> None:
     assert not probe.compare_params(b, a)[0]
     assert probe.compare_params(b, a, tolerance=1e-5)[0]
     assert not probe.compare_params({"w": torch.ones(3)}, a)[0]
+    noisy = {"w": torch.tensor([1.0, 1.0, 1.5]), "b": torch.zeros(2)}
+    assert not probe.compare_params(noisy, a, tolerance=1e-5)[0]
+    dead = {"w": torch.tensor([False, False, True])}
+    ok, text = probe.compare_params(noisy, a, tolerance=1e-5, ignore=dead)
+    assert ok and "1 dead entries left out (max abs diff 0.5)" in text
+    assert not probe.compare_params(b, a, tolerance=1e-8, ignore=dead)[0]  # live entries are still judged
     rows = [{"step": s, "split": "train", "loss": 1.0 / s, "lr": 0.1} for s in (1, 2, 3)]
     run = tmp_path / "run"
     run.mkdir()

@@ -262,9 +262,28 @@ def load_params(run_dir: Path, which: str = "last") -> dict[str, Any]:
         raise ProbeFailure(f"{path.relative_to(run_dir)} is unreadable: {error}") from error
 
 
-def compare_params(got: dict[str, Any], want: dict[str, Any], tolerance: float = 0.0) -> tuple[bool, str]:
-    """Bit-equality (``tolerance`` 0) or max absolute difference <= ``tolerance`` over every tensor."""
+def dead_masks(run_dir: Path, which: str = "last") -> dict[str, Any]:
+    """:func:`transevolve.params.dead_parameter_masks` of the model saved in ``run_dir/checkpoints/<which>``."""
+    from transevolve.checkpoint import load_model
+    from transevolve.params import dead_parameter_masks
+
+    try:
+        return dead_parameter_masks(load_model(run_dir / "checkpoints" / which))
+    except Exception as error:  # an unloadable checkpoint is a finding, not a crash of the probe
+        raise ProbeFailure(f"checkpoints/{which} of {run_dir.name} does not load: {error}") from error
+
+
+def compare_params(got: dict[str, Any], want: dict[str, Any], tolerance: float = 0.0,
+                   ignore: dict[str, Any] | None = None) -> tuple[bool, str]:
+    """Bit-equality (``tolerance`` 0) or max absolute difference <= ``tolerance`` over every tensor.
+
+    ``ignore``: ``{name: bool mask}`` of entries left out of the verdict (their max difference is still reported),
+    e.g. :func:`transevolve.params.dead_parameter_masks`: a parameter whose true gradient is zero moves on float
+    rounding noise alone, which Adam scales up to steps of size ~lr, so no tolerance on it is meaningful."""
     import torch
+
+    ignore = ignore or {}
+    ignored_worst, ignored_entries = 0.0, 0
 
     if set(got) != set(want):
         missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
@@ -277,10 +296,17 @@ def compare_params(got: dict[str, Any], want: dict[str, Any], tolerance: float =
         if torch.equal(a, b):
             continue
         unequal += 1
-        if a.is_floating_point():
-            diff = (a.double() - b.double()).abs().nan_to_num(nan=float("inf")).max().item()
-        else:
+        if not a.is_floating_point():
             diff = float("inf")
+        else:
+            full = (a.double() - b.double()).abs().nan_to_num(nan=float("inf"))
+            mask = ignore.get(name)
+            if mask is not None:
+                ignored_entries += int(mask.sum())
+                if bool(mask.any()):
+                    ignored_worst = max(ignored_worst, full[mask].max().item())
+                full = full[~mask]
+            diff = full.max().item() if full.numel() else 0.0
         if diff >= worst:
             worst, worst_name = diff, name
     if tolerance == 0.0:
@@ -289,7 +315,10 @@ def compare_params(got: dict[str, Any], want: dict[str, Any], tolerance: float =
         return False, f"{unequal}/{len(want)} tensors differ (max abs diff {worst:.3g} in {worst_name})"
     ok = worst <= tolerance
     where = f" in {worst_name}" if worst_name else ""
-    return ok, f"max abs diff {worst:.3g}{where} ({'<=' if ok else '>'} {tolerance:g}; {unequal} tensors not bit-equal)"
+    text = f"max abs diff {worst:.3g}{where} ({'<=' if ok else '>'} {tolerance:g}; {unequal} tensors not bit-equal)"
+    if ignored_entries:
+        text += f"; {ignored_entries:,} dead entries left out (max abs diff {ignored_worst:.3g})"
+    return ok, text
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
@@ -1086,8 +1115,10 @@ def _parity(extra: list[str]) -> Callable[[Context, Path], Outcome]:
             if child.returncode != 0:
                 return outcome(tried, "exit 0", f"{name}: {child.status()}: {child.message()}", False,
                                output_tail=child.output[-3000:])
-        equal, text = compare_params(load_params(work / "two"), load_params(work / "one"), tolerance=1e-5)
-        return outcome(tried, "final parameters equal within 1e-5", text, equal)
+        equal, text = compare_params(load_params(work / "two"), load_params(work / "one"), tolerance=1e-5,
+                                     ignore=dead_masks(work / "one"))
+        return outcome(tried, "final parameters equal within 1e-5 (entries that provably get no gradient aside)",
+                       text, equal)
 
     return run_parity
 
