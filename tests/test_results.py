@@ -19,6 +19,7 @@ from transevolve.results import stats as st
 from transevolve.results.cells import COMPLETE, NEEDS_BUDGET, STOPPED, cell_path, read_record
 from transevolve.results.report import (
     README_MARKERS,
+    _mean_cell,
     estimate_seconds,
     evaluate_claim,
     gather,
@@ -297,6 +298,13 @@ def test_budget_suggestion_rule() -> None:
 
 
 # -- the report --------------------------------------------------------------------------------------------------
+def test_a_spread_is_printed_with_the_decimals_of_its_mean() -> None:
+    assert _mean_cell([22.25, 21.43]) == "21.8 ± 0.6"            # BLEU: one decimal for both
+    assert _mean_cell([0.367, 0.381]) == "0.374 ± 0.010"
+    assert _mean_cell([1500.0, 2500.0]) == "2,000 ± 707"
+    assert _mean_cell([0.5]) == "0.500" and _mean_cell([]) == "not run"
+
+
 def test_report_from_records_with_missing_cells(tmp_path: Path, fake: _FakeTrainer) -> None:
     suite = load_suite(_write(tmp_path, _data(seeds=[0, 1, 2])))
     out = tmp_path / "out"

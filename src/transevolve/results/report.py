@@ -217,12 +217,15 @@ def _unique(rows: dict[tuple[str, str, str], RowCells]) -> list[RowCells]:
 
 
 # -- formatting --------------------------------------------------------------------------------------------------
-def _num(value: float | None) -> str:
+def _num(value: float | None, like: float | None = None) -> str:
+    """``value`` with 3 decimals below 10, 1 below 1000, none above; ``like``: use the decimals that number gets
+    (a spread printed next to its mean: ``21.8 ± 0.6``, not ``21.8 ± 0.583``)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if abs(value) >= 1000:
+    scale = abs(value if like is None or math.isnan(like) else like)
+    if scale >= 1000:
         return f"{value:,.0f}"
-    return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    return f"{value:.3f}" if scale < 10 else f"{value:,.1f}"
 
 
 def _mean_cell(values: list[float], decimals: str = "num") -> str:
@@ -231,7 +234,7 @@ def _mean_cell(values: list[float], decimals: str = "num") -> str:
         return "not run"
     if decimals == "int":
         return f"{summary[0]:,.0f}"
-    return f"{_num(summary[0])} ± {_num(summary[1])}" if len(values) > 1 else _num(summary[0])
+    return f"{_num(summary[0])} ± {_num(summary[1], like=summary[0])}" if len(values) > 1 else _num(summary[0])
 
 
 def _field_mean(records: list[dict[str, Any]], key: str) -> float | None:
