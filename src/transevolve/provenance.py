@@ -42,11 +42,13 @@ def git_state() -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    """The machine a timing was taken on: platform, processor, CPU count, torch version and threads."""
+    """The machine a timing was taken on: platform, processor, CPU count, the vector instructions PyTorch uses
+    (``AVX2``, ``AVX512``: hosts of one name differ, and speeds with them), torch version and threads."""
     import torch
 
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 

@@ -212,6 +212,9 @@ PROBES: tuple[str, ...] = ("fp32_aten", "fp32_onednn", "bf16")
 
 #: Side of the square probe products (``2 PROBE_SIZE^3`` FLOPs each).
 PROBE_SIZE = 2048
+#: Why bf16 probes or cases are left out on a CPU without bf16 matrix hardware (:func:`dense.fast_bf16_available`).
+BF16_SLOW_NOTE = ("{what} skipped: this CPU has no bf16 matrix hardware (oneDNN needs AVX-512 BF16 or AMX), and "
+                  "PyTorch's fallback kernel runs bf16 products orders of magnitude slower than fp32")
 
 #: The peak each precision's MFU is taken against (``fp32_fastest``: the faster fp32 probe of the same round).
 PRECISION_PEAK: dict[str, str] = {"fp32": "fp32_fastest", "bf16": "bf16"}
@@ -331,7 +334,8 @@ def _timed(function: Callable[[], Any]) -> float:
 
 def peak_probes(size: int | None = None) -> tuple[dict[str, Callable[[], float]], list[str]]:
     """Closures returning the FLOP/s of one dense ``size^3`` product each (default :data:`PROBE_SIZE`;
-    :data:`PROBES`; the oneDNN one is left out, with a note, where this PyTorch cannot run it), and the notes."""
+    :data:`PROBES`; the oneDNN one is left out, with a note, where this PyTorch cannot run it, the bf16 one where
+    this CPU has no bf16 matrix hardware), and the notes."""
     size = size or PROBE_SIZE
     a, b = torch.randn(size, size), torch.randn(size, size)
     a16, b16 = a.bfloat16(), b.bfloat16()
@@ -344,7 +348,10 @@ def peak_probes(size: int | None = None) -> tuple[dict[str, Callable[[], float]]
         products["fp32_onednn"] = onednn
     else:
         notes.append("fp32 oneDNN probe skipped: this PyTorch cannot run oneDNN's linear primitive")
-    products["bf16"] = lambda: a16 @ b16
+    if dense.fast_bf16_available():
+        products["bf16"] = lambda: a16 @ b16
+    else:
+        notes.append(BF16_SLOW_NOTE.format(what="bf16 probe"))
     for product in products.values():
         product()                                         # warm-up: thread pool, oneDNN primitive cache
 

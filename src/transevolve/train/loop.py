@@ -25,7 +25,7 @@ from torch import nn
 from transevolve.config import ModelConfig
 from transevolve.errors import ConfigError
 from transevolve.models import build_model
-from transevolve.modules.dense import set_dense_backend
+from transevolve.modules.dense import fast_bf16_available, set_dense_backend
 from transevolve.params import count_parameters
 from transevolve.tasks import TaskData, collate, get_task
 from transevolve.train.batching import epoch_batches, shard, token_budget_batches
@@ -201,6 +201,9 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
         progress.note(f"resuming {run_dir} at step {state.step}" if resume_from_checkpoint else
                       f"{run_dir} stopped before its first checkpoint: starting it again from step 0")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    if cfg.precision == "bf16" and device.type == "cpu" and not fast_bf16_available():
+        progress.note("train.precision=bf16 on a CPU without bf16 matrix hardware (no AVX-512 BF16 or AMX): "
+                      "PyTorch's fallback kernel makes it far slower than precision=fp32")
     try:
         set_dense_backend(cfg.dense_backend)
     except ValueError as error:
@@ -282,6 +285,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
                     seconds = time.perf_counter() - window_start
                     record = {"step": state.step, "split": "train",
                               "loss": state.window_loss / max(state.window_units, 1), "lr": lr,
+                              "tokens": state.window_tokens,
                               "tokens_per_s": state.window_tokens / max(seconds, 1e-9), "epoch": state.epoch,
                               "elapsed_s": time.perf_counter() - run_start}
                     nfe = getattr(model, "function_evaluations", lambda: None)()
