@@ -118,6 +118,56 @@ def _print_plan(suite: Suite, out: Path) -> None:
     console.print(table)
 
 
+@app.command("speed")
+def speed_command(
+    task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks (repeatable; default every "
+                                                   "task with a step budget).")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Only these rows (repeatable; default "
+                                                    "every row of the comparison).")] = None,
+    comparison: Annotated[str, typer.Option("--comparison", "-C", help="The comparison whose rows are measured.")
+                          ] = "equal-size",
+    rounds: Annotated[int, typer.Option(help="Rounds; each runs every row once, one row later each round. The "
+                                        "report's verdicts need 3.", min=1)] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed steps before the timed ones, per run.", min=1)] = 3,
+    steps: Annotated[int, typer.Option(help="Timed optimizer steps per row and round.", min=1)] = 10,
+    out: Annotated[Path, typer.Option(help="The suite's output directory (writes OUT/speed/<task>.json).")
+                   ] = DEFAULT_OUT,
+    suite: Annotated[str | None, typer.Option("--suite", "-s", help="The suite file (default: the one recorded in "
+                                              f"OUT/{SUITE_RECORD}, else results/suite.yaml).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Report to write (default RESULTS.md for --out results, else "
+                                                "OUT/RESULTS.md).")] = None,
+) -> None:
+    """Measure the training speed of a task's rows side by side in this process (a few steps each, interleaved
+    in rounds), write OUT/speed/<task>.json, then the report. Cells' own tokens/s come from the sessions that
+    trained them, on hosts of different speed; the speed claim reads these instead."""
+    from transevolve.cli import _fail, _require_data, console
+    from transevolve.provenance import write_json_atomically
+    from transevolve.results import load_suite, write_report
+    from transevolve.results.speed import measure_task, speed_path
+
+    loaded = load_suite(_suite_name(out, suite))
+    chosen = task or [t for t, spec in loaded.tasks.items() if spec.steps is not None]
+    unknown = [t for t in chosen if t not in loaded.tasks]
+    if unknown:
+        _fail(f"unknown task(s) {unknown}; the suite has {list(loaded.tasks)}")
+    waiting = [t for t in chosen if loaded.tasks[t].steps is None]
+    if waiting:
+        _fail(f"task(s) {waiting} have no step budget yet (tasks.<task>.steps is TODO); their cells' configuration "
+              "is not fixed, so there is nothing to measure")
+    for name in chosen:
+        spec = loaded.tasks[name]
+        _require_data(spec.task_name, spec.base["task"].get("options") or {})
+    for name in chosen:
+        try:
+            record = measure_task(loaded, name, model, comparison, rounds, warmup, steps,
+                                  log=lambda line: console.print(line, highlight=False, markup=False))
+        except ValueError as error:
+            _fail(str(error))
+        write_json_atomically(speed_path(out, name), record)
+        console.print(f"{name}: wrote {speed_path(out, name)} ({record['seconds']:.0f} s)", highlight=False)
+    console.print(f"report: {write_report(loaded, out, _report_path(out, report))}", highlight=False)
+
+
 @app.command("report")
 def report_command(
     out: Annotated[Path, typer.Option(help="The suite's output directory.")] = DEFAULT_OUT,

@@ -8,6 +8,8 @@ results report`` turns the records into RESULTS.md with tables, figures and a ve
 
 - :mod:`transevolve.results.suite`: parsing and checking the suite file, width matching, cell configurations;
 - :mod:`transevolve.results.cells`: training a cell, its measurements and record, skipping and resuming;
+- :mod:`transevolve.results.speed`: the rows' training speed measured side by side in one process (``transevolve
+  results speed``), for the speed claim: cells' own tokens/s come from different sessions and hosts;
 - :mod:`transevolve.results.stats`: paired comparisons over seeds and the verdict rules;
 - :mod:`transevolve.results.report`: RESULTS.md, ``summary.json`` and the figures.
 """

@@ -5,7 +5,8 @@ repository root for ``OUT = results``, else ``OUT/RESULTS.md``), ``OUT/summary.j
 machine-readable) and the figures in ``OUT``: test metric against parameters, training FLOPs and wall time, the
 learning curves, and TransEvolve's attention over depth (drawn by ``transevolve inspect``'s code from a trained
 TransEvolve checkpoint in ``OUT/runs`` when one is there; otherwise the figure already in ``OUT`` is kept, or the
-report says it is missing). Cells without a record show as ``not run``; records made with another configuration
+report says it is missing), and the side-by-side training speeds of ``OUT/speed/<task>.json`` (``transevolve
+results speed``). Cells without a record show as ``not run``; records made with another configuration
 than the suite's current one show as ``stale`` and are left out of the numbers. When the directory of the report
 holds a ``README.md`` with the ``README_MARKERS`` block, that block is rewritten too (progress, headline tables,
 verdicts, one figure), so the front page never drifts from the records.
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transevolve.results import stats
+from transevolve.results import speed, stats
 from transevolve.results.cells import changed_fields, collect, run_path
 from transevolve.results.suite import Cell, Claim, Suite
 
@@ -47,9 +48,13 @@ class RowCells:
     cell: Cell
     records: list[dict[str, Any]] = field(default_factory=list)
     stale: int = 0
+    speed: dict[int, float] = field(default_factory=dict)
 
     def values(self, metric: str) -> dict[int, float]:
-        """``{seed: value}`` of a claim metric (``headline``: the task's test metric)."""
+        """``{seed: value}`` of a claim metric (``headline``: the task's test metric); ``{round: tokens/s}`` of the
+        side-by-side training speed."""
+        if metric == speed.METRIC:
+            return dict(self.speed)
         values = {}
         for record in self.records:
             value = metric_value(record, metric)
@@ -84,6 +89,7 @@ def gather(suite: Suite, out: Path) -> tuple[dict[tuple[str, str, str], RowCells
                 cell = suite.cell(task, comparison.name, row)
                 entry = RowCells(task, comparison.name, row, cell)
                 if suite.tasks[task].steps is not None:
+                    entry.speed = speed.read_speed(suite, out, task, comparison.name, row)
                     for seed in suite.seeds:
                         record = records.get((task, cell.name, seed))
                         if record is None:
@@ -283,6 +289,7 @@ def write_report(suite: Suite, out: str | Path, path: str | Path | None = None) 
     lines += ["## Tasks", ""]
     for task in suite.tasks:
         lines += _task_lines(suite, task, rows, curves.get(task))
+        lines += _speed_lines(suite, out, task, rows)
     lines += ["## Figures", ""]
     lines += ["Colour: the row; marker: the comparison (a cell two comparisons share is drawn once); error bars: std "
               "over seeds.", ""]
@@ -308,7 +315,7 @@ def write_report(suite: Suite, out: str | Path, path: str | Path | None = None) 
              "stderr": k.paired.stderr if k.paired else None} for k in checks]} for c, v, checks in claims],
         "rows": [{"task": e.task, "comparison": e.comparison, "row": e.row, "cell": e.cell.name, "width": e.cell.width,
                   "seeds": [r["seed"] for r in e.records], "stale": e.stale,
-                  "test": e.values("headline")} for e in rows.values()],
+                  "test": e.values("headline"), speed.METRIC: e.speed} for e in rows.values()],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     readme = path.parent / "README.md"
@@ -521,6 +528,38 @@ def _task_lines(suite: Suite, task: str, rows: dict[tuple[str, str, str], RowCel
                 f"{_mean_cell([r['inference_tokens_per_second'] for r in records], 'int')} |")
         lines.append("")
     return lines
+
+
+def _speed_lines(suite: Suite, out: Path, task: str, rows: dict[tuple[str, str, str], RowCells]) -> list[str]:
+    """The side-by-side training speed of the task's rows (:mod:`transevolve.results.speed`), when measured."""
+    path = speed.speed_path(out, task)
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text())
+    comparison = record["comparison"]
+    measured = [(row, rows[(task, comparison, row)].speed) for row in suite.rows(task, comparison)
+                if (task, comparison, row) in rows and rows[(task, comparison, row)].speed]
+    if not measured:
+        return [f"Training speed side by side: `{path.name}` was measured with another configuration (stale); "
+                f"`transevolve results speed --task {task}` measures it again.", ""]
+    reference = dict(measured).get("transformer")
+    machine = record.get("machine", {})
+    lines = [f"**Training speed side by side** ({comparison}; `transevolve results speed --task {task}`): "
+             f"{record['warmup']} untimed + {record['steps']} timed training steps per row and round, the rows "
+             f"interleaved in one process, {record['date']}, {machine.get('cpus')} CPUs "
+             f"({machine.get('cpu_capability', '?')}), torch "
+             f"{machine.get('torch')}, {machine.get('torch_threads')} threads. Ratio: the median of the per-round "
+             "ratios to the Transformer of the same round.", "",
+             "| row | tokens/s (median of rounds) | rounds | min - max | vs transformer |", "|---|---|---|---|---|"]
+    for row, values in measured:
+        ratio = "-"
+        if reference and row != "transformer":
+            shared = sorted(set(values) & set(reference))
+            if shared:
+                ratio = f"{statistics.median(values[r] / reference[r] for r in shared):.2f}x"
+        lines.append(f"| {row} | {speed.summary(values):,.0f} | {len(values)} | {min(values.values()):,.0f} - "
+                     f"{max(values.values()):,.0f} | {ratio} |")
+    return [*lines, ""]
 
 
 # -- figures -----------------------------------------------------------------------------------------------------

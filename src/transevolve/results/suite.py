@@ -46,9 +46,11 @@ DEFAULT_SUITE = "results/suite.yaml"
 QUICK_SUITE = "results/quick.yaml"
 TODO = "TODO"
 BUDGETS = ("converged", "budget-limited", TODO)
-#: Claim metrics: ``headline`` is the task's test metric; the others are fields of every cell record.
+#: Claim metrics: ``headline`` is the task's test metric; ``train_tokens_per_second_side_by_side`` the rows' training
+#: speed measured in one process, round by round (:mod:`transevolve.results.speed`); the others are fields of every
+#: cell record.
 CLAIM_METRICS = ("headline", "parameters", "flops_per_token", "train_tokens_per_second",
-                 "inference_tokens_per_second", "train_seconds")
+                 "train_tokens_per_second_side_by_side", "inference_tokens_per_second", "train_seconds")
 #: Metrics that do not vary with the training seed (computed from the configuration): one seed decides.
 DETERMINISTIC_METRICS = ("parameters", "flops_per_token")
 EXPECTATIONS = ("higher", "lower", "comparable")
