@@ -480,7 +480,7 @@ def _claim_lines(claim: Claim, verdict: str, checks: list[Check]) -> list[str]:
             continue
         t = "-" if p.t is None else f"{p.t:.2f}"
         lines.append(f"| {c.task} | {c.comparison} | {c.a} | {c.b} | {p.n} | {_num(p.mean_a)} | {_num(p.mean_b)} | "
-                     f"{_num(p.mean)} ± {_num(p.stderr)} | {t} | {'yes' if p.sign_consistent else 'no'} | "
+                     f"{_num(p.mean)} ± {_num(p.stderr, like=p.mean)} | {t} | {'yes' if p.sign_consistent else 'no'} | "
                      f"{c.verdict} |")
     held = sum(c.verdict == stats.HELD for c in checks)
     against = sum(c.verdict == stats.NOT_HELD for c in checks)
