@@ -107,3 +107,20 @@ def test_cli_speed_writes_the_record_and_the_report(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "unknown task(s) ['nope']" in result.output
     result = CliRunner().invoke(app, ["speed", "--suite", suite, "--out", str(out), "--steps", "9"])
     assert result.exit_code == 2 and "exceeds the cell's train.max_steps" in result.output
+
+
+def test_ctrl_c_during_a_measurement_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training run that stops before its last timed step (what Ctrl-C does) ends the command with exit 130."""
+    from transevolve.train import loop
+
+    original = loop.train
+
+    def stopped_early(config, run_dir, stop_at_step=None, **kwargs):  # type: ignore[no-untyped-def]
+        return original(config, run_dir, stop_at_step=1, **kwargs)
+
+    monkeypatch.setattr(loop, "train", stopped_early)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["speed", "--suite", _suite_file(tmp_path), "--out", str(out), "--rounds", "1",
+                                      "--warmup", "1", "--steps", "1"])
+    assert result.exit_code == 130 and "interrupted: nothing written for max_digit" in result.output
+    assert not speed_path(out, "max_digit").exists()

@@ -163,6 +163,11 @@ def speed_command(
                                   log=lambda line: console.print(line, highlight=False, markup=False))
         except ValueError as error:
             _fail(str(error))
+        except KeyboardInterrupt:
+            console.print(f"interrupted: nothing written for {name}"
+                          + (f" (done: {', '.join(chosen[:chosen.index(name)])})" if chosen.index(name) else ""),
+                          highlight=False)
+            raise typer.Exit(code=130) from None
         write_json_atomically(speed_path(out, name), record)
         console.print(f"{name}: wrote {speed_path(out, name)} ({record['seconds']:.0f} s)", highlight=False)
     console.print(f"report: {write_report(loaded, out, _report_path(out, report))}", highlight=False)

@@ -68,7 +68,8 @@ def measure_task(suite: Suite, task: str, rows: list[str] | None = None, compari
                  rounds: int = 3, warmup: int = 3, steps: int = 10, log: Callable[[str], None] = print
                  ) -> dict[str, Any]:
     """Measure the training speed of ``rows`` (default: every row of ``comparison``) of ``task`` side by side
-    (module docstring); returns the record (not written)."""
+    (module docstring); returns the record (not written). Ctrl-C raises KeyboardInterrupt (nothing measured is kept:
+    a record needs every round)."""
     from transevolve.results.cells import load_task_data
     from transevolve.train.loop import train
 
@@ -98,7 +99,9 @@ def measure_task(suite: Suite, task: str, rows: list[str] | None = None, compari
         for row in this_round:
             with tempfile.TemporaryDirectory(prefix="transevolve-speed-") as directory:
                 run_dir = Path(directory) / "run"
-                train(measured[row], run_dir, quiet=True, data=data, stop_at_step=warmup + steps)
+                result = train(measured[row], run_dir, quiet=True, data=data, stop_at_step=warmup + steps)
+                if result.steps < warmup + steps:       # Ctrl-C: the loop stopped early; record nothing
+                    raise KeyboardInterrupt
                 rate, seconds = timed_rate(run_dir / "metrics.jsonl", warmup)
             rates[row].append(rate)
             step_seconds[row].append(seconds)
