@@ -219,15 +219,14 @@ def run_suite(options: SuiteOptions, log: Callable[[str], None] = print) -> dict
     if not dense.onednn_available():
         notes.append("fp32 oneDNN probe skipped: this PyTorch cannot run oneDNN's linear primitive")
     backends = _backends(options.dense_backends, notes)
-    precisions = options.precisions
     if not dense.fast_bf16_available():
         if options.probes:
             notes.append(BF16_SLOW_NOTE.format(what="bf16 probe"))
-        if "bf16" in precisions:     # asked for: run, but say why those rows are slow
+        if "bf16" in options.precisions:     # asked for: run, but say why those rows are slow
             notes.append("bf16 rows run on PyTorch's fallback kernel: this CPU has no bf16 matrix hardware, so they "
                          "measure that kernel, not bf16 arithmetic")
     specs = model_specs(options.width, options.heads, options.depth, options.models)
-    cases = make_cases(specs, precisions, backends)
+    cases = make_cases(specs, options.precisions, backends)
     results: dict[str, Any] = {"system": system_info(), "options": asdict(options),
                                "dense_backends": sorted({case.dense_backend for case in cases}),
                                "models": [spec.to_dict() for spec in specs]}
@@ -249,7 +248,7 @@ def run_suite(options: SuiteOptions, log: Callable[[str], None] = print) -> dict
                                                    "transevolve-full-1x6/factorised"])
         batch = options.batch(options.mfu_length)
         log(f"mfu: width 512, 8 heads, n={options.mfu_length}, batch {batch}")
-        results["mfu"] = measurement_dicts(run_group(make_cases(wide, precisions, backends),
+        results["mfu"] = measurement_dicts(run_group(make_cases(wide, options.precisions, backends),
                                                      options.mfu_length, batch, options.rounds, options.warmup,
                                                      log))
     if options.decode_tokens:

@@ -84,12 +84,13 @@ def gather(suite: Suite, out: Path) -> tuple[dict[tuple[str, str, str], RowCells
     records = collect(suite, out)
     rows: dict[tuple[str, str, str], RowCells] = {}
     for task in suite.tasks:
+        measured = speed.load_speed(out, task) if suite.tasks[task].steps is not None else None
         for comparison in suite.comparisons.values():
             for row in suite.rows(task, comparison.name):
                 cell = suite.cell(task, comparison.name, row)
                 entry = RowCells(task, comparison.name, row, cell)
                 if suite.tasks[task].steps is not None:
-                    entry.speed = speed.read_speed(suite, out, task, comparison.name, row)
+                    entry.speed = speed.read_speed(suite, measured, task, comparison.name, row)
                     for seed in suite.seeds:
                         record = records.get((task, cell.name, seed))
                         if record is None:
@@ -532,10 +533,10 @@ def _task_lines(suite: Suite, task: str, rows: dict[tuple[str, str, str], RowCel
 
 def _speed_lines(suite: Suite, out: Path, task: str, rows: dict[tuple[str, str, str], RowCells]) -> list[str]:
     """The side-by-side training speed of the task's rows (:mod:`transevolve.results.speed`), when measured."""
-    path = speed.speed_path(out, task)
-    if not path.is_file():
+    record = speed.load_speed(out, task)
+    if record is None:
         return []
-    record = json.loads(path.read_text())
+    path = speed.speed_path(out, task)
     comparison = record["comparison"]
     measured = [(row, rows[(task, comparison, row)].speed) for row in suite.rows(task, comparison)
                 if (task, comparison, row) in rows and rows[(task, comparison, row)].speed]

@@ -82,8 +82,6 @@ def measure_task(suite: Suite, task: str, rows: list[str] | None = None, compari
     unknown = [r for r in chosen if r not in known]
     if unknown:
         raise ValueError(f"{task} has no row(s) {unknown} in comparison {comparison!r}; its rows: {list(known)}")
-    if warmup < 1:
-        raise ValueError(f"warmup must be >= 1 (the first timed step needs the end of an untimed one), got {warmup}")
     cells = {row: suite.cell(task, comparison, row) for row in chosen}
     configs = {row: suite.run_config(cell, 0) for row, cell in cells.items()}
     measured = {row: measure_config(config, warmup, steps) for row, config in configs.items()}
@@ -114,17 +112,21 @@ def measure_task(suite: Suite, task: str, rows: list[str] | None = None, compari
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": time.monotonic() - start}
 
 
-def read_speed(suite: Suite, out: Path, task: str, comparison: str, row: str) -> dict[int, float]:
-    """``{round: tokens/s}`` of ``row`` from ``OUT/speed/<task>.json`` when it was measured for ``comparison`` with
-    the row's current configuration, else ``{}``."""
+def load_speed(out: Path, task: str) -> dict[str, Any] | None:
+    """The record ``OUT/speed/<task>.json``, or None."""
+    path = speed_path(out, task)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_speed(suite: Suite, record: dict[str, Any] | None, task: str, comparison: str, row: str) -> dict[int, float]:
+    """``{round: tokens/s}`` of ``row`` from a task's speed ``record`` (:func:`load_speed`) when it was measured for
+    ``comparison`` with the row's current configuration, else ``{}``."""
     from transevolve.results.cells import changed_fields
 
-    path = speed_path(out, task)
-    if not path.is_file():
+    if record is None or record.get("comparison") != comparison:
         return {}
-    record = json.loads(path.read_text())
     entry = record.get("rows", {}).get(row)
-    if record.get("comparison") != comparison or entry is None:
+    if entry is None:
         return {}
     if changed_fields(entry["config"], suite.run_config(suite.cell(task, comparison, row), 0)):
         return {}
