@@ -391,3 +391,13 @@ def test_cli_report_needs_results(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", "--suite", _write(tmp_path, _data()), "--out", str(tmp_path / "o"),
                                       "--dry-run"])
     assert result.exit_code == 0 and "random@w" in result.output
+
+
+def test_machine_summary_names_the_vector_instructions_and_any_gpu() -> None:
+    from transevolve.provenance import machine_info, machine_summary
+
+    here = machine_info()
+    assert f"({here['cpu_capability']})" in machine_summary(here)
+    assert machine_summary({"cpus": 2, "cpu_capability": "AVX2", "torch": "2.13.0", "torch_threads": 2}) == \
+        "2 CPUs (AVX2), torch 2.13.0, 2 threads"
+    assert machine_summary({"cuda": "NVIDIA H200"}) == "? CPUs (?), torch ?, ? threads, GPU NVIDIA H200"

@@ -241,8 +241,13 @@ def test_compare_writes_report_and_plots(tmp_path: Path) -> None:
     for name in ("report.md", "comparison.json", "metric_vs_parameters.png", "metric_vs_time.png",
                  "validation_curves.png"):
         assert (tmp_path / "cmp" / name).is_file(), name
-    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["rows"]
+    payload = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    rows = payload["rows"]
     assert [r["model"] for r in rows] == ["transformer", "transevolve-fullFF", "transevolve-randomFF"]
+    capability = payload["machine"]["cpu_capability"]
+    assert capability and f"({capability})" in (tmp_path / "cmp" / "report.md").read_text(), \
+        "the report must name the host its times were taken on"
+    assert "commit" in payload["git"]
     assert "transevolve-randomFF" in result.stdout
     evaluated = subprocess.run(_cli("eval", str(tmp_path / "cmp" / "transformer" / "seed0")), capture_output=True,
                                text=True)

@@ -29,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from transevolve.provenance import git_state, machine_info, machine_summary
 from transevolve.train.config import (
     RunConfig,
     apply_dotted,
@@ -190,16 +191,18 @@ def write_report(comparison: Comparison, results: dict[str, list[RunResult]], ou
     per_seed = {name: [{"seed": comparison.seeds[i], "validation": r.validation, "test": r.test,
                         "train_seconds": r.train_seconds, "tokens_per_second": r.tokens_per_second}
                        for i, r in enumerate(runs)] for name, runs in results.items()}
+    date, git, machine = time.strftime("%Y-%m-%d %H:%M"), git_state(), machine_info()
     (out_dir / "comparison.json").write_text(json.dumps(
         {"source": comparison.source, "task": first.task.name, "seeds": list(comparison.seeds), "rows": rows,
-         "runs": per_seed, "date": time.strftime("%Y-%m-%d %H:%M"),
+         "runs": per_seed, "date": date, "git": git, "machine": machine,
          "configs": {k: v.to_dict() for k, v in comparison.runs.items()}}, indent=2) + "\n")
     plots = _plot_comparison(results, kind, out_dir)
     header = list(rows[0])
     lines = [f"# Comparison on `{first.task.name}`", "",
              f"Config `{comparison.source}`: {first.train.max_steps} steps per run, batch {first.train.batch_size}, "
              f"seeds {list(comparison.seeds)} (mean and standard deviation over seeds). Test metrics use the best "
-             "validation checkpoint of each run. Times are wall-clock on this machine and include evaluations.",
+             "validation checkpoint of each run. Times are wall-clock and include evaluations; they were taken on "
+             f"{machine_summary(machine)}, {_git_text(git)}, {date}.",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row[k]) for k in header) + " |")
@@ -216,6 +219,12 @@ def write_report(comparison: Comparison, results: dict[str, list[RunResult]], ou
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
+
+
+def _git_text(git: dict[str, Any]) -> str:
+    if git.get("commit") is None:
+        return "outside a git checkout"
+    return f"git {git['commit'][:7]}" + (" with uncommitted changes" if git.get("dirty") else "")
 
 
 def _fmt(value: Any) -> str:

@@ -52,6 +52,14 @@ def machine_info() -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def machine_summary(machine: dict[str, Any]) -> str:
+    """One line for a report: ``"2 CPUs (AVX2), torch 2.13.0, 2 threads"`` (and the GPU where there was one), from a
+    :func:`machine_info` dictionary; missing fields read ``?``."""
+    text = (f"{machine.get('cpus', '?')} CPUs ({machine.get('cpu_capability') or '?'}), torch "
+            f"{machine.get('torch', '?')}, {machine.get('torch_threads', '?')} threads")
+    return text + (f", GPU {machine['cuda']}" if machine.get("cuda") else "")
+
+
 def write_json_atomically(path: Path, payload: Any) -> None:
     """Write ``payload`` as indented JSON: a temporary file renamed into place, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transevolve.provenance import machine_summary
 from transevolve.results import speed, stats
 from transevolve.results.cells import changed_fields, collect, run_path
 from transevolve.results.suite import Cell, Claim, Suite
@@ -547,9 +548,8 @@ def _speed_lines(suite: Suite, out: Path, task: str, rows: dict[tuple[str, str, 
     machine = record.get("machine", {})
     lines = [f"**Training speed side by side** ({comparison}; `transevolve results speed --task {task}`): "
              f"{record['warmup']} untimed + {record['steps']} timed training steps per row and round, the rows "
-             f"interleaved in one process, {record['date']}, {machine.get('cpus')} CPUs "
-             f"({machine.get('cpu_capability', '?')}), torch "
-             f"{machine.get('torch')}, {machine.get('torch_threads')} threads. Ratio: the median of the per-round "
+             f"interleaved in one process, {record['date']}, {machine_summary(machine)}. Ratio: the median of the "
+             "per-round "
              "ratios to the Transformer of the same round.", "",
              "| row | tokens/s (median of rounds) | rounds | min - max | vs transformer |", "|---|---|---|---|---|"]
     for row, values in measured:
