@@ -549,8 +549,7 @@ def _speed_lines(suite: Suite, out: Path, task: str, rows: dict[tuple[str, str, 
     lines = [f"**Training speed side by side** ({comparison}; `transevolve results speed --task {task}`): "
              f"{record['warmup']} untimed + {record['steps']} timed training steps per row and round, the rows "
              f"interleaved in one process, {record['date']}, {machine_summary(machine)}. Ratio: the median of the "
-             "per-round "
-             "ratios to the Transformer of the same round.", "",
+             "per-round ratios to the Transformer of the same round.", "",
              "| row | tokens/s (median of rounds) | rounds | min - max | vs transformer |", "|---|---|---|---|---|"]
     for row, values in measured:
         ratio = "-"
